@@ -1,0 +1,160 @@
+"""Building blocks shared by the op sets: convolutions, BatchNorm, pools, factorized reduce.
+
+Layout is NHWC. Padding is explicit and symmetric, as in the reference PyTorch code, so that
+stride-2 ops produce exactly ``ceil(H / 2)`` rows and a genotype trained here matches the
+published networks shape for shape.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# PyTorch's default conv/linear init (kaiming_uniform with a=sqrt(5)) is a uniform variance
+# scaling with scale 1/3 over fan_in; using it keeps early training comparable to the papers.
+torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def batch_norm(train: bool, affine: bool, name: str | None = None) -> nn.BatchNorm:
+  """BatchNorm with PyTorch's defaults (momentum 0.1, eps 1e-5)."""
+  return nn.BatchNorm(
+      use_running_average=not train, momentum=0.9, epsilon=1e-5,
+      use_scale=affine, use_bias=affine, name=name)
+
+
+class Conv(nn.Module):
+  """Bias-free 2D convolution with explicit symmetric padding (a dense or depthwise kernel)."""
+  features: int
+  kernel: int
+  stride: int = 1
+  padding: int = 0
+  dilation: int = 1
+  depthwise: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    in_ch = x.shape[-1]
+    if self.depthwise and self.features != in_ch:
+      raise ValueError(f"depthwise conv keeps channels: {in_ch} in, {self.features} out")
+    if self.kernel == 1 and not self.depthwise:
+      # A 1x1 convolution is a matmul over channels: cheaper to compile and to batch over edges.
+      if self.stride > 1:
+        x = x[:, ::self.stride, ::self.stride, :]
+      w = self.param("kernel", torch_default_init, (1, 1, in_ch, self.features))
+      return jnp.einsum("bhwc,cd->bhwd", x, w[0, 0].astype(x.dtype))
+    groups = in_ch if self.depthwise else 1
+    w = self.param("kernel", torch_default_init,
+                   (self.kernel, self.kernel, in_ch // groups, self.features))
+    p = self.padding
+    return jax.lax.conv_general_dilated(
+        x, w.astype(x.dtype), window_strides=(self.stride, self.stride),
+        padding=((p, p), (p, p)), rhs_dilation=(self.dilation, self.dilation),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+
+
+def max_pool_3x3(x, stride: int):
+  return nn.max_pool(x, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)))
+
+
+def avg_pool_3x3(x, stride: int):
+  # count_include_pad=False: border windows average only the pixels they cover.
+  return nn.avg_pool(x, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)),
+                     count_include_pad=False)
+
+
+class ReLUConvBN(nn.Module):
+  """ReLU -> Conv -> BN."""
+  features: int
+  kernel: int
+  stride: int = 1
+  padding: int = 0
+  dilation: int = 1
+  affine: bool = True
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = nn.relu(x)
+    x = Conv(self.features, self.kernel, self.stride, self.padding, self.dilation)(x)
+    return batch_norm(train, self.affine)(x)
+
+
+class FactorizedReduce(nn.Module):
+  """ReLU, two 1x1 stride-2 convs on pixel grids offset by one, concatenated, then BN."""
+  features: int
+  affine: bool = True
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    if self.features % 2:
+      raise ValueError(f"FactorizedReduce needs an even channel count, got {self.features}")
+    if x.shape[1] % 2 or x.shape[2] % 2:
+      raise ValueError(f"FactorizedReduce needs even H and W, got {x.shape[1:3]}")
+    x = nn.relu(x)
+    a = Conv(self.features // 2, 1, stride=2)(x)
+    b = Conv(self.features // 2, 1, stride=2)(x[:, 1:, 1:, :])
+    return batch_norm(train, self.affine)(jnp.concatenate([a, b], axis=-1))
+
+
+class DilConv(nn.Module):
+  """ReLU -> depthwise (dilated) conv -> 1x1 conv -> BN."""
+  features: int
+  kernel: int
+  stride: int
+  padding: int
+  dilation: int
+  affine: bool = True
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    c = x.shape[-1]
+    x = nn.relu(x)
+    x = Conv(c, self.kernel, self.stride, self.padding, self.dilation, depthwise=True)(x)
+    x = Conv(self.features, 1)(x)
+    return batch_norm(train, self.affine)(x)
+
+
+class SepConv(nn.Module):
+  """Two DilConv blocks without dilation: the first strided, the second at stride 1."""
+  features: int
+  kernel: int
+  stride: int
+  padding: int
+  affine: bool = True
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    c = x.shape[-1]
+    x = DilConv(c, self.kernel, self.stride, self.padding, 1, self.affine)(x, train)
+    return DilConv(self.features, self.kernel, 1, self.padding, 1, self.affine)(x, train)
+
+
+class Zero(nn.Module):
+  """The ``none`` op: zeros of the output's shape."""
+  features: int
+  stride: int = 1
+
+  def __call__(self, x, train: bool):
+    del train
+    shape: Tuple[int, ...] = (x.shape[0], -(-x.shape[1] // self.stride),
+                              -(-x.shape[2] // self.stride), self.features)
+    return jnp.zeros(shape, x.dtype)
+
+
+class Identity(nn.Module):
+
+  def __call__(self, x, train: bool):
+    del train
+    return x
+
+
+class Pool(nn.Module):
+  """3x3 max or average pool (padding 1)."""
+  kind: str
+  stride: int = 1
+
+  def __call__(self, x, train: bool):
+    del train
+    return (max_pool_3x3 if self.kind == "max" else avg_pool_3x3)(x, self.stride)

@@ -1,0 +1,82 @@
+"""The DARTS CNN search space (Liu et al., ICLR 2019, section 2.1 and appendix A.1.1).
+
+A stem (3x3 conv to ``stem_multiplier * C`` channels, BN), ``layers`` cells with reductions at
+1/3 and 2/3 of the depth (channels double there), global pooling and a linear classifier. Each
+cell takes the outputs of the two previous cells, brings them to ``C`` channels (a 1x1
+ReLU-Conv-BN, or a factorized reduce after a reduction cell), computes ``nodes`` intermediate
+nodes over mixed edges, and outputs the concatenation of its last ``multiplier`` nodes.
+
+At C=16, 8 cells, 10 classes the supernet has 1,930,618 weights, as the reference PyTorch
+implementation, and alpha has 2 x 14 x 8 entries.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from dnas.ops import layers
+from dnas.ops.sets import DARTS, OpSet
+from dnas.spaces import cell as cell_lib
+from dnas.spaces.common import arch_init, Classifier, Stem
+
+
+def reduction_layers(layers_: int) -> Tuple[int, ...]:
+  """Cell indices that reduce: 1/3 and 2/3 of the depth."""
+  return (layers_ // 3, 2 * layers_ // 3)
+
+
+class DartsSearchNet(nn.Module):
+  """The DARTS supernet.
+
+  Call as ``model.apply(variables, images, op_weights, train=...)`` with ``op_weights`` a dict
+  ``{"normal": [E, K], "reduce": [E, K]}`` (a strategy's relaxation of alpha). ``model.init``
+  creates the ``"arch"`` collection (alpha, ``1e-3 * N(0, 1)``) beside ``"params"`` and
+  ``"batch_stats"``; without ``op_weights`` every op weighs ``1 / K``.
+  """
+  num_classes: int = 10
+  channels: int = 16
+  layers: int = 8
+  nodes: int = 4
+  multiplier: int = 4
+  stem_multiplier: int = 3
+  op_set: OpSet = DARTS
+  affine: bool = False
+
+  def arch_shapes(self) -> Dict[str, Tuple[int, int]]:
+    shape = (cell_lib.edge_count(2, self.nodes), len(self.op_set.ops))
+    return {"normal": shape, "reduce": shape}
+
+  @nn.compact
+  def __call__(self, x, op_weights: Optional[Dict[str, jnp.ndarray]] = None, train: bool = True):
+    if self.multiplier > self.nodes:
+      raise ValueError(f"multiplier ({self.multiplier}) cannot exceed nodes ({self.nodes})")
+    shapes = self.arch_shapes()
+    if self.is_initializing():
+      for name, shape in shapes.items():
+        self.variable("arch", name, arch_init, self.make_rng("params"), shape)
+    if op_weights is None:
+      op_weights = {k: jnp.full(s, 1.0 / s[1]) for k, s in shapes.items()}
+
+    c = self.channels
+    s0 = s1 = Stem(self.stem_multiplier * c)(x, train)
+    reductions = reduction_layers(self.layers)
+    reduction_prev = False
+    for i in range(self.layers):
+      reduction = i in reductions
+      if reduction:
+        c *= 2
+      if reduction_prev:
+        p0 = layers.FactorizedReduce(c, affine=self.affine, name=f"cell{i}_pre0")(s0, train)
+      else:
+        p0 = layers.ReLUConvBN(c, 1, affine=self.affine, name=f"cell{i}_pre0")(s0, train)
+      p1 = layers.ReLUConvBN(c, 1, affine=self.affine, name=f"cell{i}_pre1")(s1, train)
+      nodes = cell_lib.SearchCell(
+          self.op_set, c, n_inputs=2, n_nodes=self.nodes, reduction=reduction,
+          affine=self.affine, train=train, name=f"cell{i}")(
+              [p0, p1], op_weights["reduce" if reduction else "normal"])
+      s0, s1 = s1, jnp.concatenate(nodes[-self.multiplier:], axis=-1)
+      reduction_prev = reduction
+    return Classifier(self.num_classes)(s1)
