@@ -1,0 +1,184 @@
+"""The bilevel search step: one jitted pure function over one state pytree.
+
+``make_search_step(model, strategy, weight_tx, arch_tx)`` returns
+``search_step(state, batch_train, batch_val) -> (state, metrics)`` which, as DARTS' Algorithm 1,
+
+1. updates alpha with ``arch_tx`` on the strategy's hypergradient (validation batch), then
+2. updates the weights with ``weight_tx`` on the training loss at the new alpha.
+
+Everything that changes is in ``SearchState``; the step does no I/O and no host sync.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Dict, NamedTuple, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from dnas.strategies.base import BilevelProblem, Strategy
+from dnas.types import Arch, Batch, BatchStats, Params, PRNGKey
+
+
+class SearchState(NamedTuple):
+  step: jax.Array
+  params: Params
+  arch: Arch
+  batch_stats: BatchStats
+  weight_opt_state: optax.OptState
+  arch_opt_state: optax.OptState
+  strategy_state: Any
+  key: PRNGKey
+
+
+def darts_weight_optimizer(learning_rate: float = 0.025, min_learning_rate: float = 0.001,
+                           total_steps: int = 1, momentum: float = 0.9,
+                           weight_decay: float = 3e-4, grad_clip: float = 5.0):
+  """DARTS' weight optimizer: SGD with momentum, L2 weight decay, cosine lr, global-norm clip.
+
+  PyTorch's SGD adds ``weight_decay * w`` to the (clipped) gradient before momentum, which is
+  ``add_decayed_weights`` placed before ``sgd`` here.
+
+  Returns:
+    ``(tx, schedule)``.
+  """
+  schedule = optax.cosine_decay_schedule(
+      learning_rate, decay_steps=max(total_steps, 1), alpha=min_learning_rate / learning_rate)
+  tx = optax.chain(
+      optax.clip_by_global_norm(grad_clip) if grad_clip else optax.identity(),
+      optax.add_decayed_weights(weight_decay),
+      optax.sgd(schedule, momentum=momentum))
+  return tx, schedule
+
+
+def darts_arch_optimizer(learning_rate: float = 3e-4, b1: float = 0.5, b2: float = 0.999,
+                         weight_decay: float = 1e-3):
+  """DARTS' alpha optimizer: Adam with (L2, PyTorch-style) weight decay."""
+  return optax.chain(optax.add_decayed_weights(weight_decay),
+                     optax.adam(learning_rate, b1=b1, b2=b2))
+
+
+def cross_entropy(logits, labels):
+  return optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), labels).mean()
+
+
+def make_loss_fn(model: nn.Module, batch_stats: BatchStats):
+  """``loss_fn(params, op_weights, batch) -> (loss, (new_batch_stats, logits))``, BN in train mode."""
+
+  def loss_fn(params, op_weights, batch):
+    logits, updated = model.apply({"params": params, "batch_stats": batch_stats},
+                                  batch["image"], op_weights, train=True,
+                                  mutable=["batch_stats"])
+    return cross_entropy(logits, batch["label"]), (updated["batch_stats"], logits)
+
+  return loss_fn
+
+
+def init_search_state(model: nn.Module, strategy: Strategy, weight_tx, arch_tx, key: PRNGKey,
+                      sample_images: jax.Array) -> SearchState:
+  """Initialises weights, alpha (``"arch"`` collection), BN statistics and both optimizers."""
+  init_key, state_key = jax.random.split(key)
+  variables = model.init(init_key, sample_images, train=True)
+  params, arch = variables["params"], variables["arch"]
+  batch_stats = variables.get("batch_stats", {})
+  return SearchState(
+      step=jnp.zeros([], jnp.int32), params=params, arch=arch, batch_stats=batch_stats,
+      weight_opt_state=weight_tx.init(params), arch_opt_state=arch_tx.init(arch),
+      strategy_state=strategy.init(arch), key=state_key)
+
+
+def _accuracy(logits, labels):
+  return jnp.mean(jnp.argmax(logits, -1) == labels)
+
+
+def make_search_step(model: nn.Module, strategy: Strategy, weight_tx, arch_tx, *,
+                     jit: bool = True) -> Callable[[SearchState, Batch, Batch], Any]:
+  """Builds the bilevel search step.
+
+  Args:
+    model: a supernet (``DartsSearchNet``, ``NB201SearchNet`` or a user's) called as
+      ``model.apply(variables, images, op_weights, train=True)``.
+    strategy: e.g. ``dnas.strategies.darts(order=2)``.
+    weight_tx: optax transformation for the weights (train split).
+    arch_tx: optax transformation for alpha (validation split).
+    jit: compile the step with the state donated (turn off only for debugging).
+
+  Returns:
+    ``search_step(state, batch_train, batch_val) -> (state, metrics)``; ``metrics`` holds scalar
+    arrays (``train_loss``, ``train_acc``, ``val_loss``, ``val_acc``, ``grad_norm``,
+    ``arch_grad_norm``) and stays on device.
+
+  Example::
+
+    model = DartsSearchNet()
+    strategy = darts(order=1)
+    weight_tx, _ = darts_weight_optimizer(total_steps=n)
+    state = init_search_state(model, strategy, weight_tx, darts_arch_optimizer(), key, images)
+    step = make_search_step(model, strategy, weight_tx, darts_arch_optimizer())
+    state, metrics = step(state, batch_train, batch_val)
+  """
+
+  def search_step(state: SearchState, batch_train: Batch, batch_val: Batch):
+    key = jax.random.fold_in(state.key, state.step)
+    arch_key, weight_key = jax.random.split(key)
+    loss_fn = make_loss_fn(model, state.batch_stats)
+
+    # 1. Architecture step on the validation batch.
+    problem = BilevelProblem(loss_fn, weight_tx, state.weight_opt_state, batch_train, batch_val)
+    arch_grads, aux = strategy.arch_grad(problem, state.params, state.arch,
+                                         state.strategy_state, arch_key)
+    if strategy.regularizer is not None:
+      arch_grads = jax.tree.map(jnp.add, arch_grads, jax.grad(strategy.regularizer)(state.arch))
+    arch_updates, arch_opt_state = arch_tx.update(arch_grads, state.arch_opt_state, state.arch)
+    arch = optax.apply_updates(state.arch, arch_updates)
+
+    # 2. Weight step on the training batch, at the new alpha.
+    op_weights = strategy.mix(arch, state.strategy_state, weight_key)
+    (train_loss, (batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, op_weights, batch_train)
+    updates, weight_opt_state = weight_tx.update(grads, state.weight_opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+
+    strategy_state = state.strategy_state
+    if strategy.update_state is not None:
+      strategy_state = strategy.update_state(strategy_state, state.step + 1)
+    new_state = SearchState(state.step + 1, params, arch, batch_stats, weight_opt_state,
+                            arch_opt_state, strategy_state, state.key)
+    metrics = {
+        "train_loss": train_loss,
+        "train_acc": _accuracy(logits, batch_train["label"]),
+        "val_loss": aux["val_loss"],
+        "val_acc": _accuracy(aux["val_logits"], batch_val["label"]),
+        "grad_norm": optax.global_norm(grads),
+        "arch_grad_norm": optax.global_norm(arch_grads),
+    }
+    return new_state, metrics
+
+  if jit:
+    return jax.jit(search_step, donate_argnums=0)
+  return search_step
+
+
+def make_eval_step(model: nn.Module, strategy: Strategy):
+  """``eval_step(state, batch) -> {loss_sum, correct, n}`` with BN running averages."""
+
+  @jax.jit
+  def eval_step(state: SearchState, batch: Batch):
+    op_weights = strategy.mix(state.arch, state.strategy_state, state.key)
+    logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                         batch["image"], op_weights, train=False)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
+                                                             batch["label"])
+    return {"loss_sum": losses.sum(),
+            "correct": jnp.sum(jnp.argmax(logits, -1) == batch["label"]),
+            "n": jnp.asarray(batch["label"].shape[0])}
+
+  return eval_step
+
+
+__all__ = ["SearchState", "make_search_step", "init_search_state", "make_eval_step",
+           "darts_weight_optimizer", "darts_arch_optimizer", "make_loss_fn", "cross_entropy"]

@@ -1,0 +1,72 @@
+"""The NAS-Bench-201 search space (Dong & Yang, ICLR 2020, section 3).
+
+A stem (3x3 conv to C, BN), three stages of ``cells_per_stage`` searched cells with ResNet basic
+blocks (stride 2, channels doubled) between stages, a final BN-ReLU, global pooling and a linear
+classifier. A cell has one input (node 0) and three nodes; node ``i`` sums a mixed edge from every
+earlier node, and the cell outputs the last node. All cells share one alpha of 6 edges x 5 ops.
+Edges are ordered ``1<-0, 2<-0, 2<-1, 3<-0, 3<-1, 3<-2`` as in NAS-Bench-201's arch strings.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from dnas.ops import layers
+from dnas.ops.sets import NB201, OpSet
+from dnas.spaces import cell as cell_lib
+from dnas.spaces.common import arch_init, Classifier, Stem
+
+
+class ResNetBasicBlock(nn.Module):
+  """NAS-Bench-201's reduction block: two ReLU-Conv-BN 3x3 and an avg-pool + 1x1 shortcut."""
+  features: int
+  stride: int = 2
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    y = layers.ReLUConvBN(self.features, 3, self.stride, 1, name="conv_a")(x, train)
+    y = layers.ReLUConvBN(self.features, 3, 1, 1, name="conv_b")(y, train)
+    if self.stride == 2:
+      x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+      x = layers.Conv(self.features, 1, name="downsample")(x)
+    elif x.shape[-1] != self.features:
+      x = layers.ReLUConvBN(self.features, 1, name="downsample")(x, train)
+    return x + y
+
+
+class NB201SearchNet(nn.Module):
+  """The NAS-Bench-201 supernet; call with ``op_weights={"cell": [6, 5]}``."""
+  num_classes: int = 10
+  channels: int = 16
+  cells_per_stage: int = 5
+  nodes: int = 3
+  op_set: OpSet = NB201
+  affine: bool = False
+
+  def arch_shapes(self) -> Dict[str, Tuple[int, int]]:
+    return {"cell": (cell_lib.edge_count(1, self.nodes), len(self.op_set.ops))}
+
+  @nn.compact
+  def __call__(self, x, op_weights: Optional[Dict[str, jnp.ndarray]] = None, train: bool = True):
+    shapes = self.arch_shapes()
+    if self.is_initializing():
+      for name, shape in shapes.items():
+        self.variable("arch", name, arch_init, self.make_rng("params"), shape)
+    if op_weights is None:
+      op_weights = {k: jnp.full(s, 1.0 / s[1]) for k, s in shapes.items()}
+    c = self.channels
+    x = Stem(c)(x, train)
+    for stage in range(3):
+      if stage > 0:
+        c *= 2
+        x = ResNetBasicBlock(c, 2, name=f"reduce{stage}")(x, train)
+      for i in range(self.cells_per_stage):
+        nodes = cell_lib.SearchCell(self.op_set, c, n_inputs=1, n_nodes=self.nodes,
+                                    affine=self.affine, train=train,
+                                    name=f"stage{stage}_cell{i}")([x], op_weights["cell"])
+        x = nodes[-1]
+    x = nn.relu(layers.batch_norm(train, affine=True, name="lastact")(x))
+    return Classifier(self.num_classes)(x)

@@ -1,0 +1,49 @@
+"""The strategy interface: how alpha becomes op weights, and how alpha's gradient is taken.
+
+A strategy is a NamedTuple of pure functions, in the manner of an optax ``GradientTransformation``:
+
+* ``init(arch) -> state``: the strategy's own state (e.g. a temperature); ``()`` if none.
+* ``mix(arch, state, key) -> op_weights``: the relaxation (softmax, Gumbel-softmax, ...).
+* ``arch_grad(problem, params, arch, state, key) -> (grads, aux)``: alpha's gradient of the
+  upper-level objective; ``aux`` holds ``val_loss`` and ``val_logits``.
+* ``regularizer(arch) -> scalar`` (optional): added to the upper-level loss.
+
+Strategies never own an optimizer: alpha is stepped by an ordinary optax transformation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional
+
+import optax
+
+from dnas.types import Arch, Batch, BatchStats, Params, PRNGKey
+
+
+class BilevelProblem(NamedTuple):
+  """What an ``arch_grad`` needs to know about the lower level, for one step.
+
+  Attributes:
+    loss_fn: ``loss_fn(params, op_weights, batch) -> (loss, (new_batch_stats, logits))`` with
+      BatchNorm in training mode; closed over the current ``batch_stats``.
+    weight_tx: the weight optimizer (the virtual step of second-order methods uses it).
+    weight_opt_state: its current state (momentum buffers, step count).
+    batch_train: lower-level (training) batch.
+    batch_val: upper-level (validation) batch.
+  """
+  loss_fn: Callable[[Params, Any, Batch], Any]
+  weight_tx: optax.GradientTransformation
+  weight_opt_state: optax.OptState
+  batch_train: Batch
+  batch_val: Batch
+
+
+class Strategy(NamedTuple):
+  init: Callable[[Arch], Any]
+  mix: Callable[[Arch, Any, PRNGKey], Any]
+  arch_grad: Callable[[BilevelProblem, Params, Arch, Any, PRNGKey], Any]
+  regularizer: Optional[Callable[[Arch], Any]] = None
+  update_state: Optional[Callable[[Any, Any], Any]] = None
+
+
+__all__ = ["BilevelProblem", "Strategy", "BatchStats"]

@@ -1,0 +1,18 @@
+"""Shared test set-up: CPU, small shapes, the real CIFAR-10 archive when present."""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CIFAR10_DEFAULT = os.path.join(REPO, "..", "shared", "data", "cifar10-jpeg.tar.gz")
+
+
+@pytest.fixture(scope="session")
+def cifar10_archive():
+  path = os.environ.get("DNAS_CIFAR10", CIFAR10_DEFAULT)
+  if not os.path.exists(path):
+    pytest.skip(f"CIFAR-10 archive not found at {path} (set DNAS_CIFAR10)")
+  return path

@@ -1,0 +1,89 @@
+"""The vectorised cell equals the explicit DARTS sum over edges and ops."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dnas.ops import layers
+from dnas.ops.sets import DARTS, NB201, OpSet
+from dnas.spaces import cell as cell_lib
+
+
+def test_edge_numbering_matches_darts():
+  # DARTS numbers node j's edges after all of node j-1's: 2 + 3 + 4 + 5 = 14.
+  assert cell_lib.edge_count(2, 4) == 14
+  assert [cell_lib.edge_index(2, 3, s) for s in range(5)] == [9, 10, 11, 12, 13]
+  assert cell_lib.edge_count(1, 3) == 6  # NB201: 1<-0, 2<-0, 2<-1, 3<-0, 3<-1, 3<-2
+  assert [cell_lib.edge_index(1, 2, s) for s in range(3)] == [3, 4, 5]
+  groups = cell_lib.edge_groups(2, 4)
+  covered = sorted(cell_lib.edge_index(2, j, s) for _, edges in groups for s, j in edges)
+  assert covered == list(range(14))
+
+
+def _explicit_cell(op_set, params, batch_stats, inputs, weights, n_inputs, n_nodes, channels,
+                   reduction):
+  """DARTS' cell forward, one op instance per (edge, op), params taken from the stacked tree."""
+  states = list(inputs)
+  groups = cell_lib.edge_groups(n_inputs, n_nodes)
+  group_of = {}
+  for g, (_, edges) in enumerate(groups):
+    for e, (s, j) in enumerate(edges):
+      group_of[(s, j)] = (g, e)
+  for j in range(n_nodes):
+    total = 0.0
+    for s in range(n_inputs + j):
+      g, e = group_of[(s, j)]
+      gname = "edges_from_inputs" if g == 0 else f"edges_from_node{g - 1}"
+      stride = 2 if (reduction and s < n_inputs) else 1
+      for k, op in enumerate(op_set.ops):
+        w = weights[cell_lib.edge_index(n_inputs, j, s), k]
+        if op == "none":
+          continue
+        sub_p = jax.tree.map(lambda a: a[e], params[gname].get(op, {}))
+        sub_s = jax.tree.map(lambda a: a[e], batch_stats.get(gname, {}).get(op, {}))
+        mod = cell_lib._EdgeOp(op, channels, stride, False, op in op_set.bn_after, True)
+        y, _ = mod.apply({"params": sub_p, "batch_stats": sub_s}, states[s],
+                         mutable=["batch_stats"])
+        total = total + w * y
+    states.append(total)
+  return states[n_inputs:]
+
+
+@pytest.mark.parametrize("op_set,n_inputs,n_nodes,reduction", [
+    (DARTS, 2, 4, False), (DARTS, 2, 4, True), (NB201, 1, 3, False), (DARTS, 2, 2, True)])
+def test_cell_equals_explicit_weighted_sum(op_set, n_inputs, n_nodes, reduction):
+  c = 4
+  keys = jax.random.split(jax.random.key(0), n_inputs + 2)
+  inputs = [jax.random.normal(keys[i], (2, 8, 8, c)) for i in range(n_inputs)]
+  n_edges = cell_lib.edge_count(n_inputs, n_nodes)
+  weights = jax.nn.softmax(jax.random.normal(keys[-1], (n_edges, len(op_set.ops))), -1)
+  cell = cell_lib.SearchCell(op_set, c, n_inputs, n_nodes, reduction=reduction)
+  variables = cell.init(keys[-2], inputs, weights)
+  got, _ = cell.apply(variables, inputs, weights, mutable=["batch_stats"])
+  want = _explicit_cell(op_set, variables["params"], variables["batch_stats"], inputs, weights,
+                        n_inputs, n_nodes, c, reduction)
+  assert len(got) == n_nodes
+  for g, w in zip(got, want):
+    assert g.shape == (2, 8 // (2 if reduction else 1), 8 // (2 if reduction else 1), c)
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_one_hot_weights_select_a_single_op():
+  c = 4
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, c))
+  op_set = OpSet("pools", ("none", "max_pool_3x3", "avg_pool_3x3"))
+  cell = cell_lib.SearchCell(op_set, c, n_inputs=1, n_nodes=1)
+  weights = jnp.array([[0.0, 0.0, 1.0]])
+  v = cell.init(jax.random.key(1), [x], weights)
+  (node,), _ = cell.apply(v, [x], weights, mutable=["batch_stats"])
+  np.testing.assert_allclose(node, layers.avg_pool_3x3(x, 1), rtol=1e-6)
+
+
+def test_cell_rejects_wrong_weight_shape():
+  cell = cell_lib.SearchCell(DARTS, 4, 2, 4)
+  x = jnp.zeros((1, 4, 4, 4))
+  with pytest.raises(ValueError, match="shape"):
+    cell.init(jax.random.key(0), [x, x], jnp.zeros((13, 8)))
+
+

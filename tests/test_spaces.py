@@ -1,0 +1,85 @@
+"""Supernets: parameter counts against the reference, alpha kept apart, user op sets."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dnas.ops import layers, registry
+from dnas.ops.sets import OpSet
+from dnas.spaces import DartsSearchNet, NB201SearchNet
+from dnas.spaces import darts as darts_space
+
+
+def _count(tree):
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def _shapes(model, hw=32):
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((2, hw, hw, 3)),
+                                           train=True))
+
+
+def test_darts_supernet_parameter_count_matches_reference():
+  # Measured on the reference PyTorch search model (C=16, 8 cells, 10 classes).
+  v = _shapes(DartsSearchNet())
+  assert _count(v["params"]) == 1_930_618
+  assert {k: x.shape for k, x in v["arch"].items()} == {"normal": (14, 8), "reduce": (14, 8)}
+  assert _count(v["arch"]) == 2 * 14 * 8
+
+
+def test_reductions_at_thirds():
+  assert darts_space.reduction_layers(8) == (2, 5)
+  assert darts_space.reduction_layers(20) == (6, 13)
+
+
+def test_alpha_initialisation_scale():
+  v = DartsSearchNet(channels=4, layers=3).init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+  a = np.concatenate([np.ravel(x) for x in jax.tree.leaves(v["arch"])])
+  assert 0.5e-3 < a.std() < 1.5e-3 and abs(a.mean()) < 5e-4
+
+
+def test_nb201_supernet_builds_and_has_one_alpha():
+  v = _shapes(NB201SearchNet())
+  assert {k: x.shape for k, x in v["arch"].items()} == {"cell": (6, 5)}
+  # An explicit count of the NB201 supernet's weights (C=16, N=5, affine-free cell BN):
+  # stem conv 3*3*3*16 + BN 2*16; per cell at C: 6 edges x (1x1 C*C + 3x3 9*C*C);
+  # reduction blocks: conv_a 9*Ci*Co + 2Co, conv_b 9*Co*Co + 2Co, shortcut Ci*Co;
+  # last BN 2*64; classifier 64*10 + 10.
+  def cells(c):
+    return 5 * 6 * (c * c + 9 * c * c)
+
+  def block(ci, co):
+    return 9 * ci * co + 2 * co + 9 * co * co + 2 * co + ci * co
+
+  want = (27 * 16 + 32 + cells(16) + block(16, 32) + cells(32) + block(32, 64) + cells(64)
+          + 128 + 64 * 10 + 10)
+  assert _count(v["params"]) == want
+
+
+def test_forward_shapes_and_eval_mode():
+  model = DartsSearchNet(channels=4, layers=3, num_classes=7)
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+  v = model.init(jax.random.key(1), x)
+  logits, _ = model.apply(v, x, train=True, mutable=["batch_stats"])
+  assert logits.shape == (2, 7)
+  logits_eval = model.apply(v, x, train=False)
+  assert logits_eval.shape == (2, 7) and np.all(np.isfinite(logits_eval))
+
+
+class _Negate(nn.Module):
+
+  def __call__(self, x, train):
+    return -x
+
+
+def test_user_op_set_and_node_count_need_no_library_edits():
+  with registry.temporary("negate", lambda c, s: _Negate() if s == 1 else
+                          layers.FactorizedReduce(c)):
+    op_set = OpSet("mine", ("none", "negate", "nor_conv_3x3"))
+    model = DartsSearchNet(channels=4, layers=3, nodes=3, multiplier=2, op_set=op_set)
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+    v = model.init(jax.random.key(1), x)
+    assert v["arch"]["normal"].shape == (2 + 3 + 4, 3)
+    logits, _ = model.apply(v, x, train=True, mutable=["batch_stats"])
+    assert logits.shape == (2, 10)
