@@ -117,7 +117,13 @@ def validate(g: Genotype, where: str = "genotype") -> Genotype:
         raise GenotypeError(f"{where}: '{field}_concat' must list states in [0, {n_states}), "
                             f"got {list(concat)!r}")
   elif isinstance(g, NB201Genotype):
+    if not g.nodes:
+      raise GenotypeError(f"{where}: an NB201 cell needs at least one node")
     for i, node in enumerate(g.nodes):
+      sources = sorted(src for _, src in node)
+      if sources != list(range(i + 1)):
+        raise GenotypeError(f"{where}: node {i + 1} must have one edge from each of sources "
+                            f"0..{i} ({i + 1} edges), got sources {sources}")
       for op, src in node:
         _known_op(op, f"{where}: node {i + 1}")
         if not 0 <= src <= i:

@@ -62,8 +62,9 @@ def darts_arch_optimizer(learning_rate: float = 3e-4, b1: float = 0.5, b2: float
 
 
 def cross_entropy(logits, labels):
-  return optax.softmax_cross_entropy_with_integer_labels(
-      logits.astype(jnp.float32), labels).mean()
+  """Mean softmax cross-entropy, computed in at least float32 (float64 stays float64)."""
+  logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
 def make_loss_fn(model: nn.Module, batch_stats: BatchStats):
@@ -153,8 +154,8 @@ def make_search_step(model: nn.Module, strategy: Strategy, weight_tx, arch_tx, *
         "train_acc": _accuracy(logits, batch_train["label"]),
         "val_loss": aux["val_loss"],
         "val_acc": _accuracy(aux["val_logits"], batch_val["label"]),
-        "grad_norm": optax.global_norm(grads),
-        "arch_grad_norm": optax.global_norm(arch_grads),
+        "grad_norm": optax.tree.norm(grads),
+        "arch_grad_norm": optax.tree.norm(arch_grads),
     }
     return new_state, metrics
 

@@ -94,7 +94,7 @@ def darts(order: int = 1, hessian: str = "exact", fd_epsilon: float = 0.01,
     (loss, logits), (g_alpha, v) = jax.value_and_grad(
         lambda a, w: val_loss_at(problem, w, a, state, key), argnums=(0, 1),
         has_aux=True)(arch, w2)
-    r = fd_epsilon / optax.global_norm(v)
+    r = fd_epsilon / optax.tree.norm(v)
 
     def train_alpha_grad(sign):
       w = jax.tree.map(lambda p, d: p + sign * r * d, params, v)
@@ -112,8 +112,9 @@ def darts(order: int = 1, hessian: str = "exact", fd_epsilon: float = 0.01,
 
 
 def _count(opt_state):
-  """The step count of an optax state (the first ``count`` leaf found)."""
-  for s in jax.tree.leaves(opt_state, is_leaf=lambda x: hasattr(x, "count")):
-    if hasattr(s, "count"):
-      return s.count
-  return jnp.zeros([], jnp.int32)
+  """The step count of the weight optimizer's state (its first ``count`` field)."""
+  found = optax.tree_utils.tree_get_all_with_path(opt_state, "count")
+  if not found:
+    raise ValueError("the weight optimizer's state has no step count to evaluate the learning "
+                     "rate schedule at; pass a float learning_rate")
+  return found[0][1]
