@@ -246,6 +246,8 @@ def eval_batches(images: Any, labels: Any, batch_size: int, mean: Any,
   """
   if int(batch_size) < 1:
     raise DataError(f"batch_size={batch_size} must be positive")
+  images = images if isinstance(images, jax.Array) else np.asarray(images)
+  labels = labels if isinstance(labels, jax.Array) else np.asarray(labels)
   n = images.shape[0]
   if labels.shape[0] != n:
     raise DataError(f"labels: {labels.shape[0]} labels for {n} images")

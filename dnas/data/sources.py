@@ -21,7 +21,7 @@ import tarfile
 import tempfile
 import warnings
 import zlib
-from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 from PIL import Image
@@ -111,7 +111,7 @@ def load(name: str = "cifar10", path: Optional[str] = None, data_dir: Optional[s
     arrays = _load_tfds(name, data_dir)
     where = f"TFDS dataset {name!r}"
   else:
-    arrays = _load_local(os.path.expanduser(os.fspath(path)), name, cache_dir)
+    arrays = _load_local(os.path.expanduser(os.fspath(path)), cache_dir)
     where = str(path)
   if num_classes is not None and int(num_classes) != arrays.num_classes:
     raise DataError(
@@ -121,24 +121,30 @@ def load(name: str = "cifar10", path: Optional[str] = None, data_dir: Optional[s
   return arrays
 
 
-def channel_stats(images: np.ndarray, chunk: int = 4096) -> Tuple[np.ndarray, np.ndarray]:
+def channel_stats(images: np.ndarray, chunk: int = 1024) -> Tuple[np.ndarray, np.ndarray]:
   """Per-channel mean and population std of ``uint8 [N, H, W, C]`` images scaled to [0, 1].
 
-  Accumulates in float64 over chunks, so memory stays at one chunk's worth of floats.
+  Computed from each channel's 256-bin histogram, which needs no float copy of the images and
+  is exact up to the final float64 sums.
   """
   images = np.asarray(images)
-  n = images.shape[0] * images.shape[1] * images.shape[2]
-  if n == 0:
-    raise DataError("channel_stats: no images")
-  total = np.zeros(images.shape[-1], np.float64)
-  total_sq = np.zeros(images.shape[-1], np.float64)
-  for start in range(0, images.shape[0], chunk):
-    x = images[start:start + chunk].astype(np.float64) / 255.0
-    total += x.sum(axis=(0, 1, 2))
-    total_sq += np.square(x).sum(axis=(0, 1, 2))
-  mean = total / n
-  std = np.sqrt(np.maximum(total_sq / n - np.square(mean), 0.0))
-  return mean.astype(np.float32), std.astype(np.float32)
+  if images.ndim != 4 or images.dtype != np.uint8 or images.shape[0] == 0:
+    raise DataError(f"channel_stats: expected non-empty uint8 [N, H, W, C] images, got "
+                    f"{images.dtype} {images.shape}")
+  channels = images.shape[-1]
+  counts = np.zeros((channels, 256), np.int64)
+  for start in range(0, images.shape[0], chunk):  # chunks keep bincount's int64 copy small
+    pixels = images[start:start + chunk].reshape(-1, channels)
+    for c in range(channels):
+      counts[c] += np.bincount(pixels[:, c], minlength=256)
+  values = np.arange(256, dtype=np.float64) / 255.0
+  mean, std = [], []
+  for c in range(channels):
+    p = counts[c] / counts[c].sum()
+    m = float(p @ values)
+    mean.append(m)
+    std.append(np.sqrt(max(float(p @ np.square(values - m)), 0.0)))
+  return np.asarray(mean, np.float32), np.asarray(std, np.float32)
 
 
 def _make_dataset(train_images, train_labels, test_images, test_labels,
@@ -167,7 +173,7 @@ def _is_archive(path: str) -> bool:
   return path.lower().endswith(_ARCHIVE_SUFFIXES)
 
 
-def _load_local(path: str, name: str, cache_dir: Optional[str]) -> ArrayDataset:
+def _load_local(path: str, cache_dir: Optional[str]) -> ArrayDataset:
   if not os.path.exists(path):
     raise DataError(f"{path}: no such file or folder (data.path)")
   if os.path.isdir(path):
@@ -289,9 +295,23 @@ def _hidden(parts: Iterable[str]) -> bool:
   return any(p.startswith(".") or p == "__MACOSX" for p in parts)
 
 
+# Telling Pillow the likely format skips probing every plugin (~10% of decoding time).
+_FORMAT_HINTS = {".jpg": ("JPEG",), ".jpeg": ("JPEG",), ".png": ("PNG",)}
+
+
+def _open_image(data: bytes, where: str) -> Image.Image:
+  hint = _FORMAT_HINTS.get(os.path.splitext(where)[1].lower())
+  if hint is not None:
+    try:
+      return Image.open(io.BytesIO(data), formats=hint)
+    except Exception:  # noqa: BLE001 - misnamed file: let Pillow try every format below
+      pass
+  return Image.open(io.BytesIO(data))
+
+
 def _decode_image(data: bytes, where: str) -> np.ndarray:
   try:
-    with Image.open(io.BytesIO(data)) as im:
+    with _open_image(data, where) as im:
       im.load()
       if im.mode not in ("L", "RGB"):
         im = im.convert("L" if im.mode in ("1", "I;16", "I", "F") else "RGB")
@@ -461,11 +481,12 @@ def _load_tfds(name: str, data_dir: Optional[str]) -> ArrayDataset:
 
   try:
     train, test, info = fetch(download=False)
-  except Exception:  # noqa: BLE001 - not prepared in data_dir; try to download it below
+  except Exception as e:  # noqa: BLE001 - not prepared in data_dir; try to download it below
     if not _network_reachable():
       raise DataError(
-          f"TFDS dataset {tfds_name!r} is not in data_dir={data_dir or '~/tensorflow_datasets'} "
-          f"and there is no network access to download it; {_HINT}") from None
+          f"TFDS dataset {tfds_name!r} could not be read from data_dir="
+          f"{data_dir or '~/tensorflow_datasets'} ({type(e).__name__}) and there is no network "
+          f"access to download it; {_HINT}") from e
     try:
       train, test, info = fetch(download=True)
     except Exception as e:  # noqa: BLE001 - TFDS raises many types when a download fails
