@@ -156,8 +156,19 @@ def test_step_compiles_once_and_updates_everything():
     assert any(not np.allclose(a, b) for a, b in zip(before, after)), name
   assert {k: v.shape for k, v in metrics.items()} == {
       k: () for k in ("train_loss", "train_acc", "val_loss", "val_acc", "grad_norm",
-                      "arch_grad_norm")}
+                      "arch_grad_norm", "skipped")}
   assert all(np.isfinite(v) for v in jax.device_get(metrics).values())
+  assert int(metrics["skipped"]) == 0
+
+  # A NaN in the batch: the step is skipped, nothing but the step count changes.
+  before = jax.device_get(state)
+  bad = {"image": images.at[0, 0, 0, 0].set(jnp.nan), "label": batch["label"]}
+  state, metrics = step(state, bad, batch)
+  assert int(metrics["skipped"]) == 1 and int(state.step) == 4
+  for a, b in zip(jax.tree.leaves(before[1:-1]), jax.tree.leaves(jax.device_get(state)[1:-1])):
+    np.testing.assert_array_equal(a, b)
+  state, metrics = step(state, batch, batch)
+  assert int(metrics["skipped"]) == 0 and np.isfinite(float(metrics["train_loss"]))
 
 
 class _PoolProbe(nn.Module):

@@ -1,0 +1,101 @@
+"""Benchmark of the DARTS search step: init, compile and step time; prints one JSON line per run.
+
+Usage::
+
+  python benchmarks/search_step.py --channels 16 --layers 8 --batch 64 --order 1 --steps 5
+  python benchmarks/search_step.py --channels 8 --layers 5 --batch 8 --order 1 --steps 10
+
+Random inputs of CIFAR's shape (the step's cost does not depend on pixel values). The persistent
+compilation cache is off here so that ``compile_s`` is the cold compile time; ``--cache DIR`` turns
+it on to measure a warm start. Set ``XLA_FLAGS`` in the environment to compare compiler options.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from dnas import search  # noqa: E402
+from dnas.ops import sets  # noqa: E402
+from dnas.spaces import DartsSearchNet, NB201SearchNet  # noqa: E402
+from dnas.strategies import darts  # noqa: E402
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--space", default="darts", choices=["darts", "nb201"])
+  p.add_argument("--channels", type=int, default=16)
+  p.add_argument("--layers", type=int, default=8)
+  p.add_argument("--nodes", type=int, default=4)
+  p.add_argument("--batch", type=int, default=64)
+  p.add_argument("--order", type=int, default=1)
+  p.add_argument("--steps", type=int, default=5)
+  p.add_argument("--cache", default="")
+  p.add_argument("--label", default="")
+  a = p.parse_args()
+  if a.cache:
+    jax.config.update("jax_compilation_cache_dir", a.cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+  if a.space == "darts":
+    model = DartsSearchNet(channels=a.channels, layers=a.layers, nodes=a.nodes,
+                           multiplier=a.nodes)
+  else:
+    model = NB201SearchNet(channels=a.channels, cells_per_stage=a.layers)
+  strategy = darts(order=a.order)
+  weight_tx, _ = search.darts_weight_optimizer(total_steps=1000)
+  arch_tx = search.darts_arch_optimizer()
+  key = jax.random.key(0)
+  images = jax.random.normal(key, (a.batch, 32, 32, 3))
+  batch = {"image": images, "label": jnp.arange(a.batch) % 10}
+
+  t = time.perf_counter()
+  state = jax.jit(lambda k: search.init_search_state(model, strategy, weight_tx, arch_tx, k,
+                                                     images[:2]))(key)
+  jax.block_until_ready(state)
+  init_s = time.perf_counter() - t
+
+  step = search.make_search_step(model, strategy, weight_tx, arch_tx)
+  t = time.perf_counter()
+  lowered = step.lower(state, batch, batch)
+  trace_s = time.perf_counter() - t
+  t = time.perf_counter()
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - t
+  cost = compiled.cost_analysis()
+  if isinstance(cost, list):
+    cost = cost[0] if cost else {}
+  cost = cost or {}
+
+  times = []
+  for _ in range(a.steps + 1):
+    t = time.perf_counter()
+    state, m = compiled(state, batch, batch)
+    jax.block_until_ready(m)
+    times.append(time.perf_counter() - t)
+  times = times[1:]  # the first call includes one-off allocation
+  dev = jax.devices()[0]
+  mem = dev.memory_stats() or {}
+  print(json.dumps({
+      "benchmark": "search_step", "label": a.label, "device": f"{dev.platform}:{dev.device_kind}",
+      "host": platform.node(), "jax": jax.__version__,
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "space": a.space, "channels": a.channels, "layers": a.layers, "nodes": a.nodes,
+      "batch": a.batch, "order": a.order,
+      "init_s": round(init_s, 2), "trace_s": round(trace_s, 2), "compile_s": round(compile_s, 2),
+      "step_ms_median": round(1e3 * statistics.median(times), 1),
+      "step_ms_min": round(1e3 * min(times), 1),
+      "images_per_s": round(2 * a.batch / statistics.median(times), 1),
+      "flops": cost.get("flops"), "bytes_accessed": cost.get("bytes accessed"),
+      "peak_mem_bytes": mem.get("peak_bytes_in_use"), "steps": a.steps}), flush=True)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,342 @@
+"""The loop: the only library code that touches disk, clocks and logs.
+
+``run_search(config, workdir)`` reads a config (see ``experiments/darts_cifar10.py``), loads the
+data, builds the supernet, strategy and optimizers, and steps ``make_search_step`` until
+``search.epochs`` are done. The run folder holds::
+
+    config.json          the resolved config
+    metrics.jsonl        one line per log interval (and one per epoch with "epoch_end": true)
+    checkpoint.msgpack   the whole SearchState, written atomically every few steps and per epoch
+    alpha_history.json   softmax(alpha) per epoch, per cell type
+    genotype.json        the derived genotype, updated every epoch
+    plots/               the cells (PNG, PDF, DOT) and the op-weight heatmap
+
+Running it again on the same folder resumes from the checkpoint; batches are pure functions of
+``(seed, step)``, so a resumed run ends where an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any, Dict, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import serialization
+
+from dnas import data as data_lib
+from dnas import discretize, genotypes, io, plot, search
+from dnas.ops import sets
+from dnas.spaces import DartsSearchNet, NB201SearchNet
+from dnas.strategies import darts
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the key."""
+
+
+class NonFiniteError(RuntimeError):
+  """Too many consecutive steps with a non-finite loss or gradient."""
+
+
+@jax.jit
+def _streak(streak, worst, skipped):
+  streak = jnp.where(skipped > 0, streak + 1, 0)
+  return streak, jnp.maximum(worst, streak)
+
+
+OP_SETS = {"darts": sets.DARTS, "nb201": sets.NB201}
+SPACES = ("darts", "nb201")
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+  if not cond:
+    raise ConfigError(f"config.{key}: {msg}")
+
+
+def validate_search_config(c: ml_collections.ConfigDict) -> None:
+  """Fails fast, naming the key, on values no search can run with."""
+  _check(isinstance(c.seed, int), "seed", f"must be an int, got {c.seed!r}")
+  _check(c.data.batch_size >= 1, "data.batch_size", f"must be >= 1, got {c.data.batch_size}")
+  _check(0.0 < c.data.train_portion < 1.0, "data.train_portion",
+         f"must be in (0, 1), got {c.data.train_portion}")
+  _check(c.data.train_size >= 0, "data.train_size", f"must be >= 0, got {c.data.train_size}")
+  _check(c.model.space in SPACES, "model.space",
+         f"unknown space {c.model.space!r}; valid: {list(SPACES)}")
+  _check(c.model.op_set in OP_SETS, "model.op_set",
+         f"unknown op set {c.model.op_set!r}; valid: {sorted(OP_SETS)}")
+  _check(c.model.channels >= 1, "model.channels", f"must be >= 1, got {c.model.channels}")
+  _check(c.model.nodes >= 1, "model.nodes", f"must be >= 1, got {c.model.nodes}")
+  if c.model.space == "darts":
+    _check(c.model.layers >= 3, "model.layers",
+           f"the DARTS space needs >= 3 cells (two reductions and a normal cell), "
+           f"got {c.model.layers}")
+  else:
+    _check(c.model.layers >= 1, "model.layers", f"must be >= 1, got {c.model.layers}")
+  _check(c.search.order in (1, 2), "search.order", f"must be 1 or 2, got {c.search.order!r}")
+  _check(c.search.hessian in ("exact", "finite_difference"), "search.hessian",
+         f"must be 'exact' or 'finite_difference', got {c.search.hessian!r}")
+  _check(c.search.epochs >= 1, "search.epochs", f"must be >= 1, got {c.search.epochs}")
+  _check(c.search.learning_rate > 0, "search.learning_rate", "must be > 0")
+  _check(c.log_every_steps >= 1, "log_every_steps", "must be >= 1")
+  _check(c.checkpoint_every_steps >= 1, "checkpoint_every_steps", "must be >= 1")
+  _check(c.max_bad_steps >= 1, "max_bad_steps", "must be >= 1")
+
+
+def enable_compilation_cache(path: str) -> Optional[str]:
+  """Turns on JAX's persistent compilation cache (``"none"`` turns it off)."""
+  if path == "none":
+    return None
+  path = path or os.path.join(os.path.expanduser("~"), ".cache", "dnas", "jax")
+  os.makedirs(path, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  return path
+
+
+def build_search_model(c: ml_collections.ConfigDict, num_classes: int):
+  op_set = OP_SETS[c.model.op_set]
+  if c.model.space == "darts":
+    return DartsSearchNet(num_classes=num_classes, channels=c.model.channels,
+                          layers=c.model.layers, nodes=c.model.nodes,
+                          multiplier=c.model.nodes, op_set=op_set)
+  return NB201SearchNet(num_classes=num_classes, channels=c.model.channels,
+                        cells_per_stage=c.model.layers, nodes=c.model.nodes, op_set=op_set)
+
+
+class _Progress:
+  """A one-line progress bar on a terminal; silent otherwise (the epoch summary still prints)."""
+
+  def __init__(self, stream=sys.stderr):
+    self.stream = stream
+    self.tty = stream.isatty()
+
+  def update(self, epoch, i, n, metrics, ips, eta):
+    if not self.tty:
+      return
+    bar = "#" * int(20 * i / n) + "." * (20 - int(20 * i / n))
+    self.stream.write(f"\repoch {epoch} [{bar}] {i}/{n} loss {metrics.get('train_loss', 0):.3f}"
+                      f" acc {metrics.get('train_acc', 0):.3f} {ips:.0f} img/s ETA {eta:.0f}s  ")
+    self.stream.flush()
+
+  def summary(self, line):
+    if self.tty:
+      self.stream.write("\r" + " " * 100 + "\r")
+    print(line, flush=True)
+
+
+class _Stopper:
+  """Turns SIGTERM/SIGINT into a flag the loop checks between steps."""
+
+  def __init__(self):
+    self.signal = None
+
+  def __enter__(self):
+    self._old = {}
+    for s in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._old[s] = signal.signal(s, self._handle)
+      except ValueError:  # not the main thread
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signal = signum
+
+  def __exit__(self, *exc):
+    for s, h in self._old.items():
+      signal.signal(s, h)
+
+
+def _save_checkpoint(path: str, state, history: Dict[str, list]) -> None:
+  state = state._replace(key=jax.random.key_data(state.key))
+  payload = {"state": serialization.to_state_dict(jax.device_get(state)),
+             "history": {k: np.asarray(v, np.float32) for k, v in history.items()}}
+  io.atomic_write_bytes(path, serialization.msgpack_serialize(payload))
+
+
+def _load_checkpoint(path: str, template) -> Any:
+  with open(path, "rb") as f:
+    raw = f.read()
+  try:
+    payload = serialization.msgpack_restore(raw)
+    state = serialization.from_state_dict(
+        template._replace(key=jax.random.key_data(template.key)), payload["state"])
+    state = state._replace(key=jax.random.wrap_key_data(state.key))
+  except Exception as e:  # pylint: disable=broad-except
+    raise RuntimeError(f"{path}: checkpoint cannot be read ({e}); delete it to start over") from e
+  history = {k: [np.asarray(x) for x in v] for k, v in payload["history"].items()}
+  return state, history
+
+
+def _write_artifacts(workdir, model, op_weights, history, op_set):
+  g = discretize.derive(model, op_weights)
+  genotypes.save(g, os.path.join(workdir, "genotype.json"))
+  io.atomic_write_json(os.path.join(workdir, "alpha_history.json"),
+                       {"ops": list(op_set.ops),
+                        "epochs": {k: np.asarray(v).tolist() for k, v in history.items()}})
+  return g
+
+
+def draw(workdir: str) -> list:
+  """Draws a run folder's genotype and alpha history into ``workdir/plots``."""
+  g = genotypes.load(os.path.join(workdir, "genotype.json"))
+  out = os.path.join(workdir, "plots")
+  files = plot.draw_genotype(g, out, stem="genotype")
+  hist_path = os.path.join(workdir, "alpha_history.json")
+  if os.path.exists(hist_path):
+    with open(hist_path) as f:
+      h = json.load(f)
+    hist = {k: np.asarray(v) for k, v in h["epochs"].items() if len(v)}
+    if hist:
+      for ext in ("png", "pdf"):
+        files.append(plot.draw_alpha_history(hist, h["ops"],
+                                             os.path.join(out, f"alpha_history.{ext}")))
+  return files
+
+
+def run_search(config: ml_collections.ConfigDict, workdir: str,
+               stop_after_steps: Optional[int] = None) -> Dict[str, Any]:
+  """Runs (or resumes) a search; returns the final metrics and genotype.
+
+  Args:
+    config: a search config (``experiments/darts_cifar10.py``).
+    workdir: the run folder; an existing checkpoint there is resumed.
+    stop_after_steps: stop (checkpointing) once the global step reaches this; for tests.
+
+  Returns:
+    ``{"genotype": ..., "step": ..., "val_acc": ...}``.
+  """
+  c = config
+  validate_search_config(c)
+  os.makedirs(workdir, exist_ok=True)
+  enable_compilation_cache(c.compilation_cache_dir)
+  io.atomic_write_text(os.path.join(workdir, "config.json"), c.to_json_best_effort(indent=2))
+
+  ds = data_lib.load(c.data.name, path=c.data.path or None, data_dir=c.data.data_dir or None,
+                     cache_dir=c.data.cache_dir or None)
+  images, labels = ds.train_images, ds.train_labels
+  if c.data.train_size:
+    # A seeded random subset: archives list their images class by class.
+    keep = np.sort(np.asarray(jax.random.permutation(
+        jax.random.fold_in(jax.random.key(c.seed), 1), len(labels)))[:c.data.train_size])
+    images, labels = images[keep], labels[keep]
+  tr_idx, va_idx = data_lib.search_split(len(labels), c.data.train_portion, c.seed)
+  train = data_lib.to_device(images[tr_idx], labels[tr_idx])
+  val = data_lib.to_device(images[va_idx], labels[va_idx])
+  bs = c.data.batch_size
+  spe = data_lib.steps_per_epoch(min(len(tr_idx), len(va_idx)), bs)
+  total = spe * c.search.epochs
+
+  model = build_search_model(c, ds.num_classes)
+  op_set = OP_SETS[c.model.op_set]
+  weight_tx, schedule = search.darts_weight_optimizer(
+      c.search.learning_rate, c.search.min_learning_rate, total, c.search.momentum,
+      c.search.weight_decay, c.search.grad_clip)
+  arch_tx = search.darts_arch_optimizer(c.search.arch_learning_rate,
+                                        weight_decay=c.search.arch_weight_decay)
+  strategy = darts(order=c.search.order, hessian=c.search.hessian, learning_rate=schedule)
+  key = jax.random.key(c.seed)
+  init_key, train_key, val_key = jax.random.split(key, 3)
+
+  t0 = time.time()
+  state = jax.jit(functools.partial(search.init_search_state, model, strategy, weight_tx,
+                                    arch_tx))(init_key, jnp.zeros((2,) + images.shape[1:]))
+  history: Dict[str, list] = {k: [] for k in state.arch}
+  ckpt = os.path.join(workdir, "checkpoint.msgpack")
+  if os.path.exists(ckpt):
+    state, history = _load_checkpoint(ckpt, state)
+    print(f"resuming {workdir} from step {int(state.step)}", flush=True)
+  init_s = time.time() - t0
+
+  batch_fn = jax.jit(functools.partial(
+      data_lib.get_batch, batch_size=bs, mean=ds.mean, std=ds.std,
+      crop_padding=c.data.crop_padding, flip=c.data.flip))
+  step_fn = search.make_search_step(model, strategy, weight_tx, arch_tx)
+  mix = jax.jit(lambda a: strategy.mix(a, (), None))
+
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  progress = _Progress()
+  step = int(state.step)
+  acc, acc_n = None, 0
+  streak = worst = jnp.zeros((), jnp.int32)
+  t_log, n_log = time.time(), 0
+  compile_s = None
+  last = {}
+  with _Stopper() as stopper, open(metrics_path, "a") as mfile:
+    while step < total:
+      bt = batch_fn(train, train_key, step)
+      bv = batch_fn(val, val_key, step)
+      if compile_s is None:
+        tc = time.time()
+        step_fn = step_fn.lower(state, bt, bv).compile()
+        compile_s = time.time() - tc
+        print(f"init {init_s:.1f}s, compile {compile_s:.1f}s, {total} steps "
+              f"({spe} per epoch)", flush=True)
+        t_log = time.time()
+      state, m = step_fn(state, bt, bv)
+      step += 1
+      acc = m if acc is None else jax.tree.map(jnp.add, acc, m)
+      streak, worst = _streak(streak, worst, m["skipped"])
+      acc_n += 1
+      n_log += 1
+      epoch_end = step % spe == 0
+      if step % c.log_every_steps == 0 or epoch_end or step == total:
+        host, worst_host = jax.device_get((acc, worst))
+        skipped = int(host.pop("skipped"))
+        host = {k: float(v) / acc_n for k, v in host.items()}
+        host["skipped_steps"] = skipped
+        if skipped:
+          print(f"warning: {skipped} of steps {step - acc_n + 1}..{step} had a non-finite loss "
+                f"or gradient and were skipped", file=sys.stderr, flush=True)
+        if int(worst_host) >= c.max_bad_steps:
+          raise NonFiniteError(
+              f"{int(worst_host)} consecutive steps (up to step {step}) had a non-finite loss or "
+              f"gradient (config.max_bad_steps={c.max_bad_steps}); stopping. The last good "
+              f"checkpoint is {ckpt}; lower the learning rates or check the data, then run the "
+              f"same command to resume.")
+        worst = jnp.zeros((), jnp.int32)
+        dt = time.time() - t_log
+        ips = n_log * bs * 2 / max(dt, 1e-9)
+        epoch = (step - 1) // spe
+        last = dict(step=step, epoch=epoch, **host, learning_rate=float(schedule(step)),
+                    images_per_s=ips)
+        mfile.write(json.dumps(last) + "\n")
+        mfile.flush()
+        eta = (total - step) * dt / max(n_log, 1)
+        progress.update(epoch, step - epoch * spe, spe, host, ips, eta)
+        acc, acc_n, t_log, n_log = None, 0, time.time(), 0
+      if epoch_end:
+        w = jax.device_get(mix(state.arch))
+        for k in history:
+          history[k].append(np.asarray(w[k]))
+        g = _write_artifacts(workdir, model, w, history, op_set)
+        _save_checkpoint(ckpt, state, history)
+        progress.summary(f"epoch {step // spe}/{c.search.epochs} step {step} "
+                         f"train_loss {last['train_loss']:.4f} train_acc {last['train_acc']:.3f} "
+                         f"val_loss {last['val_loss']:.4f} val_acc {last['val_acc']:.3f} "
+                         f"genotype {json.dumps(g.to_json())}")
+      elif step % c.checkpoint_every_steps == 0:
+        _save_checkpoint(ckpt, state, history)
+      if stopper.signal is not None or (stop_after_steps and step >= stop_after_steps):
+        _save_checkpoint(ckpt, state, history)
+        if stopper.signal is not None:
+          print(f"stopped by signal {stopper.signal} at step {step}; run the same command again "
+                f"to resume from {ckpt}", flush=True)
+        return {"step": step, "stopped": True}
+
+  w = jax.device_get(mix(state.arch))
+  g = _write_artifacts(workdir, model, w, history, op_set)
+  draw(workdir)
+  return {"step": step, "genotype": g.to_json(), "val_acc": last.get("val_acc"),
+          "compile_s": compile_s, "init_s": init_s,
+          "op_weights": {k: np.asarray(v) for k, v in w.items()}}

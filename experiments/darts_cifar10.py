@@ -1,0 +1,79 @@
+r"""DARTS search on CIFAR-10 (Liu, Simonyan & Yang, "DARTS", ICLR 2019, section 3.1).
+
+Variants:
+  first_order (default)  DARTS (first order): 50 epochs, batch 64, C=16, 8 cells.
+  second_order           DARTS (second order): the exact hypergradient (eq. 6 by autodiff).
+  smoke                  a tiny search on 512 real images, for a CPU in a couple of minutes.
+
+Run::
+
+  dnas search --config experiments/darts_cifar10.py --workdir runs/darts1 \
+      --config.data.path=/path/to/cifar10-jpeg.tar.gz
+  dnas search --config experiments/darts_cifar10.py:second_order --workdir runs/darts2
+  dnas search --config experiments/darts_cifar10.py:smoke --workdir runs/smoke \
+      --config.data.path=../shared/data/cifar10-jpeg.tar.gz
+
+Published result (Liu et al. 2019, table 1): the searched cell retrained (600 epochs, C=36,
+20 cells, cutout) reaches 3.00 +- 0.14 % test error (first order) and 2.76 +- 0.09 % (second
+order); the search itself takes 1.5 (first order) and 4 (second order) GPU-days on a 1080Ti.
+Runtime here: see README's results table (only measured figures are quoted there).
+"""
+
+import ml_collections
+
+
+def get_config(variant: str = "first_order") -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 2
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "cifar10"
+  c.data.path = ""          # a local archive or folder; empty: TFDS
+  c.data.data_dir = ""      # TFDS data_dir; empty: TFDS' default
+  c.data.cache_dir = ""     # decoded-array cache; empty: $DNAS_CACHE_DIR or ~/.cache/dnas
+  c.data.batch_size = 64
+  c.data.train_portion = 0.5
+  c.data.train_size = 0     # use only the first N training images (0: all)
+  c.data.crop_padding = 4
+  c.data.flip = True
+
+  c.model = ml_collections.ConfigDict()
+  c.model.space = "darts"
+  c.model.op_set = "darts"
+  c.model.channels = 16
+  c.model.layers = 8
+  c.model.nodes = 4
+
+  c.search = ml_collections.ConfigDict()
+  c.search.order = 1
+  c.search.hessian = "exact"  # or "finite_difference" (DARTS eq. 8) for order 2
+  c.search.epochs = 50
+  c.search.learning_rate = 0.025
+  c.search.min_learning_rate = 0.001
+  c.search.momentum = 0.9
+  c.search.weight_decay = 3e-4
+  c.search.grad_clip = 5.0
+  c.search.arch_learning_rate = 3e-4
+  c.search.arch_weight_decay = 1e-3
+
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 500
+  c.max_bad_steps = 10
+  c.compilation_cache_dir = ""  # empty: ~/.cache/dnas/jax; "none": off
+
+  if variant == "first_order":
+    pass
+  elif variant == "second_order":
+    c.search.order = 2
+  elif variant == "smoke":
+    c.data.batch_size = 16
+    c.data.train_size = 512
+    c.model.channels = 4
+    c.model.layers = 3
+    c.model.nodes = 2
+    c.search.epochs = 2
+    c.log_every_steps = 4
+    c.checkpoint_every_steps = 8
+  else:
+    raise ValueError(f"unknown variant {variant!r}; valid: first_order, second_order, smoke")
+  return c
