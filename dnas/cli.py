@@ -3,6 +3,7 @@
 Usage::
 
   dnas search --config experiments/darts_cifar10.py[:VARIANT] --workdir DIR [--config.KEY=VALUE]
+  dnas train  --config experiments/train_cifar10.py[:VARIANT] --genotype FILE_OR_NAME --workdir DIR
   dnas info   --config experiments/darts_cifar10.py[:VARIANT] [--json]
   dnas plot   --workdir DIR | --genotype FILE_OR_NAME [--out DIR]
 
@@ -20,7 +21,7 @@ from typing import List, Optional
 from absl import flags
 from ml_collections import config_flags
 
-COMMANDS = ("search", "info", "plot")
+COMMANDS = ("search", "train", "info", "plot")
 USAGE = __doc__.split("Usage::")[1].split("A user mistake")[0]
 
 
@@ -86,6 +87,15 @@ def run(argv: List[str]) -> int:
       print(f"genotype: {json.dumps(result['genotype'])}")
       print(f"written to {os.path.join(fv.workdir, 'genotype.json')} and "
             f"{os.path.join(fv.workdir, 'plots')}/")
+    return 0
+  if command == "train":
+    if fv.config is None or not fv.workdir or not fv.genotype:
+      raise UsageError("train needs --config, --genotype and --workdir")
+    from dnas import train_lib  # pylint: disable=g-import-not-at-top
+    result = train_lib.run_train(fv.config, _load_genotype(fv.genotype), fv.workdir)
+    if "test_acc" in result:
+      print(f"test accuracy {result['test_acc']:.4f} after {result['epochs']} epochs; "
+            f"{os.path.join(fv.workdir, 'final_metrics.json')}")
     return 0
   if command == "info":
     if fv.config is None:

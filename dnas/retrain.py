@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dnas.rng import fast_init_key
 from dnas.types import Batch, BatchStats, Params, PRNGKey
 
 Metrics = Dict[str, jax.Array]
@@ -67,7 +68,7 @@ def init_train_state(model: nn.Module, tx: optax.GradientTransformation, key: PR
   # train=True builds the parts that only run in training (the auxiliary head); Flax does not
   # update BatchNorm statistics during init.
   variables = jax.jit(functools.partial(model.init, train=True))(
-      init_key, jnp.zeros(sample_images.shape, jnp.float32))
+      fast_init_key(init_key), jnp.zeros(sample_images.shape, jnp.float32))
   params = variables["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables.get("batch_stats", {}),
@@ -141,7 +142,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
     metrics = {
         "loss": loss,
         "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": optax.tree.norm(grads),
     }
     return TrainState(state.step + 1, params, batch_stats, opt_state, state.key), metrics
 

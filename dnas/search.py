@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dnas.rng import fast_init_key
 from dnas.strategies.base import BilevelProblem, Strategy
 from dnas.types import Arch, Batch, BatchStats, Params, PRNGKey
 
@@ -90,17 +91,6 @@ def init_search_state(model: nn.Module, strategy: Strategy, weight_tx, arch_tx, 
       step=jnp.zeros([], jnp.int32), params=params, arch=arch, batch_stats=batch_stats,
       weight_opt_state=weight_tx.init(params), arch_opt_state=arch_tx.init(arch),
       strategy_state=strategy.init(arch), key=state_key)
-
-
-def fast_init_key(key: PRNGKey) -> PRNGKey:
-  """An ``rbg`` key derived from ``key``, for initialising weights.
-
-  A supernet draws hundreds of weight tensors; with the default threefry generator each draw is
-  its own block of hash rounds in the compiled init, which took 49 s to compile for a 3-cell,
-  4-channel DARTS supernet on a 2-core CPU. ``rbg`` keys split with threefry but draw their bits
-  with XLA's RngBitGenerator: 13 s for the same init. The weights' distributions are unchanged.
-  """
-  return jax.random.wrap_key_data(jax.random.bits(key, (4,), jnp.uint32), impl="rbg")
 
 
 def _accuracy(logits, labels):

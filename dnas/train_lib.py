@@ -340,3 +340,193 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
   return {"step": step, "genotype": g.to_json(), "val_acc": last.get("val_acc"),
           "compile_s": compile_s, "init_s": init_s,
           "op_weights": {k: np.asarray(v) for k, v in w.items()}}
+
+
+# --------------------------------------------------------------------------------------------
+# Retraining a genotype from scratch.
+
+TRAIN_SPACES = ("darts_cifar", "darts_imagenet", "nb201")
+OPTIMIZERS = ("darts_cifar", "darts_imagenet", "nb201")
+
+
+def validate_train_config(c: ml_collections.ConfigDict, genotype) -> None:
+  """Fails fast, naming the key, on values no retraining can run with."""
+  _check(isinstance(c.seed, int), "seed", f"must be an int, got {c.seed!r}")
+  _check(c.data.batch_size >= 1, "data.batch_size", f"must be >= 1, got {c.data.batch_size}")
+  _check(c.data.train_size >= 0, "data.train_size", f"must be >= 0, got {c.data.train_size}")
+  _check(c.data.cutout >= 0, "data.cutout", f"must be >= 0, got {c.data.cutout}")
+  _check(c.model.space in TRAIN_SPACES, "model.space",
+         f"unknown network {c.model.space!r}; valid: {list(TRAIN_SPACES)}")
+  _check(c.model.channels >= 1, "model.channels", f"must be >= 1, got {c.model.channels}")
+  _check(c.model.layers >= (1 if c.model.space == "nb201" else 3), "model.layers",
+         f"too few cells for two reductions: {c.model.layers}")
+  _check(c.train.epochs >= 1, "train.epochs", f"must be >= 1, got {c.train.epochs}")
+  _check(c.train.optimizer in OPTIMIZERS, "train.optimizer",
+         f"unknown optimizer {c.train.optimizer!r}; valid: {list(OPTIMIZERS)}")
+  _check(0.0 <= c.train.drop_path_prob < 1.0, "train.drop_path_prob", "must be in [0, 1)")
+  _check(c.train.compute_dtype in ("auto", "float32", "bfloat16"), "train.compute_dtype",
+         f"must be 'auto', 'float32' or 'bfloat16', got {c.train.compute_dtype!r}")
+  want = "nb201" if c.model.space == "nb201" else "darts"
+  if genotype.space != want:
+    raise ConfigError(f"genotype is of the {genotype.space!r} space but config.model.space="
+                      f"{c.model.space!r} builds a {want!r}-space network")
+
+
+def build_train_model(c: ml_collections.ConfigDict, genotype, num_classes: int):
+  from dnas import eval_net  # pylint: disable=g-import-not-at-top
+  if c.model.space == "darts_cifar":
+    return eval_net.CifarNetwork(genotype, num_classes=num_classes, channels=c.model.channels,
+                                 layers=c.model.layers, auxiliary=c.model.auxiliary)
+  if c.model.space == "darts_imagenet":
+    return eval_net.ImageNetNetwork(genotype, num_classes=num_classes,
+                                    channels=c.model.channels, layers=c.model.layers,
+                                    auxiliary=c.model.auxiliary)
+  return eval_net.NB201Network(genotype, num_classes=num_classes, channels=c.model.channels,
+                               cells_per_stage=c.model.layers)
+
+
+def _train_optimizer(c, total_steps, steps_per_epoch):
+  from dnas import retrain  # pylint: disable=g-import-not-at-top
+  t = c.train
+  kw = dict(learning_rate=t.learning_rate, momentum=t.momentum, weight_decay=t.weight_decay,
+            grad_clip=t.grad_clip or None, nesterov=t.nesterov)
+  if t.optimizer == "darts_imagenet":
+    return retrain.darts_imagenet_optimizer(steps_per_epoch, **kw)
+  fn = retrain.darts_cifar_optimizer if t.optimizer == "darts_cifar" else retrain.nb201_optimizer
+  return fn(total_steps, min_learning_rate=t.min_learning_rate, **kw)
+
+
+def _compute_dtype(name: str):
+  if name == "auto":
+    return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+  return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+
+
+def _save_train_checkpoint(path, state):
+  state = state._replace(key=jax.random.key_data(state.key))
+  io.atomic_write_bytes(path, serialization.msgpack_serialize(
+      serialization.to_state_dict(jax.device_get(state))))
+
+
+def _load_train_checkpoint(path, template):
+  with open(path, "rb") as f:
+    raw = f.read()
+  try:
+    state = serialization.from_state_dict(
+        template._replace(key=jax.random.key_data(template.key)),
+        serialization.msgpack_restore(raw))
+  except Exception as e:  # pylint: disable=broad-except
+    raise RuntimeError(f"{path}: checkpoint cannot be read ({e}); delete it to start over") from e
+  return state._replace(key=jax.random.wrap_key_data(state.key))
+
+
+def run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
+              stop_after_steps: Optional[int] = None) -> Dict[str, Any]:
+  """Trains ``genotype``'s network from scratch (or resumes); returns the final metrics.
+
+  Writes ``config.json``, ``genotype.json``, ``metrics.jsonl`` (training lines and one
+  ``"split": "test"`` line per evaluation), ``checkpoint.msgpack`` and, at the end,
+  ``final_metrics.json`` to ``workdir``.
+  """
+  from dnas import retrain  # pylint: disable=g-import-not-at-top
+  c = config
+  validate_train_config(c, genotype)
+  os.makedirs(workdir, exist_ok=True)
+  enable_compilation_cache(c.compilation_cache_dir)
+  io.atomic_write_text(os.path.join(workdir, "config.json"), c.to_json_best_effort(indent=2))
+  genotypes.save(genotype, os.path.join(workdir, "genotype.json"))
+
+  ds = data_lib.load(c.data.name, path=c.data.path or None, data_dir=c.data.data_dir or None,
+                     cache_dir=c.data.cache_dir or None)
+  key = jax.random.key(c.seed)
+  init_key, data_key, sub_key = jax.random.split(key, 3)
+  images, labels = ds.train_images, ds.train_labels
+  if c.data.train_size:
+    keep = np.sort(np.asarray(jax.random.permutation(sub_key, len(labels)))[:c.data.train_size])
+    images, labels = images[keep], labels[keep]
+  test_images, test_labels = ds.test_images, ds.test_labels
+  if c.data.test_size:
+    keep = np.sort(np.asarray(jax.random.permutation(
+        jax.random.fold_in(sub_key, 1), len(test_labels)))[:c.data.test_size])
+    test_images, test_labels = test_images[keep], test_labels[keep]
+  train = data_lib.to_device(images, labels)
+  bs = c.data.batch_size
+  spe = data_lib.steps_per_epoch(len(labels), bs)
+  total = spe * c.train.epochs
+
+  model = build_train_model(c, genotype, ds.num_classes)
+  dtype = _compute_dtype(c.train.compute_dtype)
+  tx = _train_optimizer(c, total, spe)
+  t0 = time.time()
+  state = retrain.init_train_state(model, tx, init_key, jnp.zeros((2,) + images.shape[1:]))
+  ckpt = os.path.join(workdir, "checkpoint.msgpack")
+  if os.path.exists(ckpt):
+    state = _load_train_checkpoint(ckpt, state)
+    print(f"resuming {workdir} from step {int(state.step)}", flush=True)
+  init_s = time.time() - t0
+  train_step = retrain.make_train_step(model, tx, aux_weight=c.train.aux_weight,
+                                       label_smoothing=c.train.label_smoothing,
+                                       compute_dtype=dtype)
+  eval_step = retrain.make_eval_step(model, compute_dtype=dtype)
+  batch_fn = jax.jit(functools.partial(
+      data_lib.get_batch, batch_size=bs, mean=ds.mean, std=ds.std,
+      crop_padding=c.data.crop_padding, flip=c.data.flip, cutout=c.data.cutout))
+
+  def evaluate():
+    tot = None
+    for b in data_lib.eval_batches(test_images, test_labels, c.data.eval_batch_size, ds.mean,
+                                   ds.std):
+      m = eval_step(state, b)
+      tot = m if tot is None else jax.tree.map(jnp.add, tot, m)
+    tot = jax.device_get(tot)
+    return {"test_loss": float(tot["loss"]) / float(tot["n"]),
+            "test_acc": float(tot["correct"]) / float(tot["n"])}
+
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  progress = _Progress()
+  step = int(state.step)
+  acc, acc_n, t_log, n_log, last = None, 0, time.time(), 0, {}
+  with _Stopper() as stopper, open(metrics_path, "a") as mfile:
+    while step < total:
+      epoch = step // spe
+      dpp = c.train.drop_path_prob * epoch / c.train.epochs  # DARTS' linear schedule
+      state, m = train_step(state, batch_fn(train, data_key, step), dpp)
+      step += 1
+      acc = m if acc is None else jax.tree.map(jnp.add, acc, m)
+      acc_n += 1
+      n_log += 1
+      epoch_end = step % spe == 0
+      if step % c.log_every_steps == 0 or epoch_end:
+        host = {k: float(v) / acc_n for k, v in jax.device_get(acc).items()}
+        dt = time.time() - t_log
+        last = dict(step=step, epoch=epoch, **host, drop_path_prob=dpp,
+                    images_per_s=n_log * bs / max(dt, 1e-9))
+        mfile.write(json.dumps(last) + "\n")
+        mfile.flush()
+        progress.update(epoch, step - epoch * spe, spe,
+                        {"train_loss": host["loss"], "train_acc": host["accuracy"]},
+                        last["images_per_s"], (total - step) * dt / max(n_log, 1))
+        acc, acc_n, t_log, n_log = None, 0, time.time(), 0
+      if epoch_end:
+        line = {"step": step, "epoch": epoch, "split": "test"}
+        if (epoch + 1) % c.eval_every_epochs == 0 or step == total:
+          line.update(evaluate())
+          mfile.write(json.dumps(line) + "\n")
+          mfile.flush()
+        _save_train_checkpoint(ckpt, state)
+        progress.summary(f"epoch {epoch + 1}/{c.train.epochs} step {step} "
+                         f"loss {last['loss']:.4f} acc {last['accuracy']:.3f}"
+                         + (f" test_acc {line['test_acc']:.4f}" if "test_acc" in line else ""))
+      elif step % c.checkpoint_every_steps == 0:
+        _save_train_checkpoint(ckpt, state)
+      if stopper.signal is not None or (stop_after_steps and step >= stop_after_steps):
+        _save_train_checkpoint(ckpt, state)
+        if stopper.signal is not None:
+          print(f"stopped by signal {stopper.signal} at step {step}; run the same command again "
+                f"to resume from {ckpt}", flush=True)
+        return {"step": step, "stopped": True}
+
+  final = {"step": step, "epochs": c.train.epochs, **evaluate(), "init_s": init_s,
+           "n_params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params)))}
+  io.atomic_write_json(os.path.join(workdir, "final_metrics.json"), final)
+  return final

@@ -12,6 +12,7 @@ from dnas import cli, genotypes, train_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "experiments", "darts_cifar10.py")
+TRAIN_CONFIG = os.path.join(REPO, "experiments", "train_cifar10.py")
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +75,20 @@ def test_search_then_plot_end_to_end(cifar10_archive, tmp_path, caches):
   assert r.returncode == 0, r.stderr[-3000:]
   assert (plots / "alpha_history.png").exists()
 
+  # Retrain the genotype the search produced.
+  train_dir = tmp_path / "train"
+  r = _cli("train", "--config", f"{TRAIN_CONFIG}:smoke", "--genotype", str(work / "genotype.json"),
+           "--workdir", str(train_dir), f"--config.data.path={cifar10_archive}",
+           f"--config.data.cache_dir={caches / 'data'}",
+           f"--config.compilation_cache_dir={caches / 'jax'}")
+  assert r.returncode == 0, r.stderr[-3000:]
+  final = json.loads((train_dir / "final_metrics.json").read_text())
+  assert final["step"] == 8 and 0.0 <= final["test_acc"] <= 1.0  # 256 images, batch 32
+  assert genotypes.load(str(train_dir / "genotype.json")) == g
+  lines = [json.loads(l) for l in (train_dir / "metrics.jsonl").read_text().splitlines()]
+  assert any(l.get("split") == "test" for l in lines)
+  assert all(np.isfinite(l["loss"]) for l in lines if "loss" in l)
+
 
 def test_resumed_search_equals_uninterrupted(cifar10_archive, tmp_path, caches):
   full = train_lib.run_search(_smoke(cifar10_archive, caches), str(tmp_path / "full"))
@@ -98,6 +113,10 @@ def test_resumed_search_equals_uninterrupted(cifar10_archive, tmp_path, caches):
     (["search", "--config", f"{CONFIG}:smoke"], "--workdir"),
     (["fly"], "fly"),
     (["plot", "--genotype", "NOT_A_GENOTYPE"], "NOT_A_GENOTYPE"),
+    (["train", "--config", f"{TRAIN_CONFIG}:smoke", "--workdir", "x", "--genotype",
+      "DARTS_V2", "--config.model.space=nb201"], "model.space"),
+    (["train", "--config", f"{TRAIN_CONFIG}:smoke", "--workdir", "x", "--genotype",
+      "missing.json"], "missing.json"),
 ])
 def test_usage_errors_exit_2_without_traceback(args, needle, capsys):
   with pytest.raises(SystemExit) as e:

@@ -111,9 +111,6 @@ def test_exact_second_order_matches_central_difference(x64, grad_clip):
     fd = (f(jax.tree.map(lambda a, v: a + h * v, arch, d))
           - f(jax.tree.map(lambda a, v: a - h * v, arch, d))) / (2 * h)
     np.testing.assert_allclose(_dot(g, d), fd, rtol=1e-6)
-  # The second-order term is not negligible here: first order differs.
-  g1, _ = darts(order=1).arch_grad(problem, params, arch, (), None)
-  assert _rel_err(g1, g) > 0.1
 
   if grad_clip is None:
     # Without clipping, momentum and weight decay do not depend on alpha, so DARTS' eq. 7-8

@@ -1,0 +1,79 @@
+r"""Retraining a DARTS-space genotype on CIFAR-10 (Liu et al., "DARTS", ICLR 2019, appendix A.2).
+
+Variants:
+  default  the paper's recipe: C=36, 20 cells, auxiliary head (weight 0.4), drop-path to 0.2,
+           cutout 16, SGD lr 0.025 cosine, momentum 0.9, wd 3e-4, clip 5, batch 96, 600 epochs.
+  smoke    C=8, 5 cells, 256 real images, 1 epoch: seconds of stepping on a CPU.
+
+Run::
+
+  dnas train --config experiments/train_cifar10.py --genotype DARTS_V2 --workdir runs/v2 \
+      --config.data.path=/path/to/cifar10-jpeg.tar.gz
+  dnas train --config experiments/train_cifar10.py:smoke --genotype runs/smoke/genotype.json \
+      --workdir runs/smoke_train --config.data.path=../shared/data/cifar10-jpeg.tar.gz
+
+Published result (Liu et al. 2019, table 1): DARTS_V2 reaches 2.76 +- 0.09 % test error with
+3.3M weights; DARTS_V1 3.00 +- 0.14 %. The paper's run is 600 epochs on one GPU (about 1.5 days
+on a 1080Ti). No dnas figure is quoted until measured (see README's results table).
+"""
+
+import ml_collections
+
+
+def get_config(variant: str = "default") -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "cifar10"
+  c.data.path = ""
+  c.data.data_dir = ""
+  c.data.cache_dir = ""
+  c.data.batch_size = 96
+  c.data.eval_batch_size = 500
+  c.data.train_size = 0     # first N of a seeded permutation of the training set (0: all)
+  c.data.test_size = 0      # same for the test set
+  c.data.crop_padding = 4
+  c.data.flip = True
+  c.data.cutout = 16
+
+  c.model = ml_collections.ConfigDict()
+  c.model.space = "darts_cifar"  # darts_cifar | darts_imagenet | nb201
+  c.model.channels = 36
+  c.model.layers = 20
+  c.model.auxiliary = True
+
+  c.train = ml_collections.ConfigDict()
+  c.train.epochs = 600
+  c.train.optimizer = "darts_cifar"
+  c.train.learning_rate = 0.025
+  c.train.min_learning_rate = 0.0
+  c.train.momentum = 0.9
+  c.train.weight_decay = 3e-4
+  c.train.grad_clip = 5.0
+  c.train.nesterov = False
+  c.train.aux_weight = 0.4
+  c.train.drop_path_prob = 0.2
+  c.train.label_smoothing = 0.0
+  c.train.compute_dtype = "auto"  # bfloat16 on GPU/TPU, float32 on CPU
+
+  c.log_every_steps = 100
+  c.eval_every_epochs = 1
+  c.checkpoint_every_steps = 1000
+  c.compilation_cache_dir = ""
+
+  if variant == "default":
+    pass
+  elif variant == "smoke":
+    c.data.batch_size = 32
+    c.data.eval_batch_size = 128
+    c.data.train_size = 256
+    c.data.test_size = 256
+    c.model.channels = 8
+    c.model.layers = 5
+    c.train.epochs = 1
+    c.log_every_steps = 4
+    c.checkpoint_every_steps = 4
+  else:
+    raise ValueError(f"unknown variant {variant!r}; valid: default, smoke")
+  return c
