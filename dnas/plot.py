@@ -400,13 +400,14 @@ def _check_history(name: str, h, n_ops: int) -> np.ndarray:
 
 def draw_alpha_history(history: Union[np.ndarray, Mapping[str, np.ndarray]],
                        op_names: Sequence[str], path: str,
-                       edge_labels: Optional[Sequence[str]] = None) -> str:
+                       edge_labels: Optional[Sequence[str]] = None,
+                       none_competes: bool = False) -> str:
   """Draws op weights during search to ``path`` (PNG or PDF by extension), written atomically.
 
   One row per cell type, two heatmaps per row: on the left the final epoch's weights (edges x
   ops); on the right, for each edge, the weight over epochs of the op that wins the edge at the
   final epoch, ``argmax_{o != none} w[-1, e, o]`` (the op DARTS' discretization keeps; all ops
-  compete if there is no ``none``).
+  compete if there is no ``none`` or ``none_competes``).
 
   Args:
     history: op weights (e.g. the softmax of alpha) of shape ``[epochs, edges, ops]``, or a
@@ -415,6 +416,8 @@ def draw_alpha_history(history: Union[np.ndarray, Mapping[str, np.ndarray]],
     path: the file to write, ending in ``.png`` or ``.pdf``.
     edge_labels: optional names of the edges (same count for every cell type);
       ``"edge i"`` by default.
+    none_competes: ``none`` can win an edge (NAS-Bench-201's discretization keeps the argmax
+      over every op).
 
   Returns:
     ``path``.
@@ -425,7 +428,8 @@ def draw_alpha_history(history: Union[np.ndarray, Mapping[str, np.ndarray]],
   cells = [(str(k), _check_history(str(k), v, len(op_names))) for k, v in items]
   if not cells:
     raise ValueError("alpha history: no cell types to draw")
-  candidates = [i for i, o in enumerate(op_names) if o != "none"] or list(range(len(op_names)))
+  candidates = [i for i, o in enumerate(op_names) if o != "none" or none_competes]
+  candidates = candidates or list(range(len(op_names)))
   max_edges = max(h.shape[1] for _, h in cells)
   height = max(2.8, 0.32 * max_edges + 1.6)
   fig = _new_figure(13.0, height * len(cells))

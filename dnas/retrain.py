@@ -191,6 +191,21 @@ def _sgd(schedule: optax.Schedule, *, momentum: float, weight_decay: float,
   return optax.chain(*parts)
 
 
+def cosine_schedule(total_steps: int, learning_rate: float,
+                    min_learning_rate: float = 0.0) -> optax.Schedule:
+  """``lr_t = min_lr + (lr - min_lr) * (1 + cos(pi * t / T)) / 2`` (SGDR, Loshchilov & Hutter
+  2017, without restarts), held at ``min_lr`` after ``T = total_steps``."""
+  return optax.cosine_decay_schedule(learning_rate, total_steps,
+                                     alpha=min_learning_rate / learning_rate)
+
+
+def darts_imagenet_schedule(steps_per_epoch: int, learning_rate: float = 0.1,
+                            decay_rate: float = 0.97) -> optax.Schedule:
+  """``lr_t = lr * decay_rate ** floor(t / steps_per_epoch)``: DARTS' ImageNet ``StepLR``."""
+  return optax.exponential_decay(learning_rate, transition_steps=steps_per_epoch,
+                                 decay_rate=decay_rate, staircase=True)
+
+
 def darts_cifar_optimizer(total_steps: int, *, learning_rate: float = 0.025,
                           min_learning_rate: float = 0.0, momentum: float = 0.9,
                           weight_decay: float = 3e-4, grad_clip: float | None = 5.0,
@@ -210,8 +225,7 @@ def darts_cifar_optimizer(total_steps: int, *, learning_rate: float = 0.025,
     grad_clip: global-norm clip, or None for none.
     nesterov: Nesterov momentum.
   """
-  schedule = optax.cosine_decay_schedule(learning_rate, total_steps,
-                                         alpha=min_learning_rate / learning_rate)
+  schedule = cosine_schedule(total_steps, learning_rate, min_learning_rate)
   return _sgd(schedule, momentum=momentum, weight_decay=weight_decay, grad_clip=grad_clip,
               nesterov=nesterov)
 
@@ -225,8 +239,7 @@ def nb201_optimizer(total_steps: int, *, learning_rate: float = 0.1,
   Nesterov SGD with momentum 0.9, weight decay 5e-4, learning rate 0.1 annealed to 0 by a
   cosine over ``total_steps``; no gradient clipping. Arguments as ``darts_cifar_optimizer``.
   """
-  schedule = optax.cosine_decay_schedule(learning_rate, total_steps,
-                                         alpha=min_learning_rate / learning_rate)
+  schedule = cosine_schedule(total_steps, learning_rate, min_learning_rate)
   return _sgd(schedule, momentum=momentum, weight_decay=weight_decay, grad_clip=grad_clip,
               nesterov=nesterov)
 
@@ -250,7 +263,6 @@ def darts_imagenet_optimizer(steps_per_epoch: int, *, learning_rate: float = 0.1
     grad_clip: global-norm clip, or None for none.
     nesterov: Nesterov momentum.
   """
-  schedule = optax.exponential_decay(learning_rate, transition_steps=steps_per_epoch,
-                                     decay_rate=decay_rate, staircase=True)
+  schedule = darts_imagenet_schedule(steps_per_epoch, learning_rate, decay_rate)
   return _sgd(schedule, momentum=momentum, weight_decay=weight_decay, grad_clip=grad_clip,
               nesterov=nesterov)

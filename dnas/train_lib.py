@@ -8,6 +8,7 @@ data, builds the supernet, strategy and optimizers, and steps ``make_search_step
     metrics.jsonl        one line per log interval (and one per epoch with "epoch_end": true)
     checkpoint.msgpack   the whole SearchState, written atomically every few steps and per epoch
     alpha_history.json   softmax(alpha) per epoch, per cell type
+    events.out.tfevents.*  TensorBoard scalars, one write per log interval (tensorboardX)
     genotype.json        the derived genotype, updated every epoch
     plots/               the cells (PNG, PDF, DOT) and the op-weight heatmap
 
@@ -29,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from flax import serialization
 
 from dnas import data as data_lib
@@ -100,6 +102,39 @@ def enable_compilation_cache(path: str) -> Optional[str]:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   return path
+
+
+def summary_writer(workdir: str, step: int = 0):
+  """A TensorBoard event writer into ``workdir`` (tensorboardX; TensorFlow is not needed).
+
+  On resume (``step > 0``) TensorBoard is told to purge what an interrupted run wrote after
+  the checkpoint's step, so the curves do not fold back on themselves.
+  """
+  from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  return SummaryWriter(logdir=workdir, purge_step=step or None, flush_secs=30)
+
+
+def _add_scalars(writer, prefix: str, line: Dict[str, Any], step: int) -> None:
+  for k, v in line.items():
+    if k not in ("step", "epoch", "split") and isinstance(v, (int, float)):
+      writer.add_scalar(f"{prefix}/{k}", v, step)
+
+
+def _search_weight_optimizer(c: ml_collections.ConfigDict, total_steps: int):
+  """``search.darts_weight_optimizer``, with Nesterov momentum if ``search.nesterov``.
+
+  NAS-Bench-201's DARTS runs use Nesterov SGD (``configs/nas-benchmark/algos/DARTS.config``).
+  """
+  s = c.search
+  tx, schedule = search.darts_weight_optimizer(
+      s.learning_rate, s.min_learning_rate, total_steps, s.momentum, s.weight_decay,
+      s.grad_clip)
+  if s.get("nesterov", False):
+    tx = optax.chain(
+        optax.clip_by_global_norm(s.grad_clip) if s.grad_clip else optax.identity(),
+        optax.add_decayed_weights(s.weight_decay),
+        optax.sgd(schedule, momentum=s.momentum, nesterov=True))
+  return tx, schedule
 
 
 def build_search_model(c: ml_collections.ConfigDict, num_classes: int):
@@ -197,10 +232,18 @@ def draw(workdir: str) -> list:
     with open(hist_path) as f:
       h = json.load(f)
     hist = {k: np.asarray(v) for k, v in h["epochs"].items() if len(v)}
+    nb201 = isinstance(g, genotypes.NB201Genotype)
+    # Edges as "node<-source", numbered as the genotype's nodes (DARTS' inputs are 0 and 1).
+    first = 1 if nb201 else 2
+    labels = [f"{first + i}<-{src}" for i in range(len(g.nodes) if nb201 else g.nodes)
+              for src in range(first + i)]
     if hist:
+      if any(v.shape[1] != len(labels) for v in hist.values()):
+        labels = None
       for ext in ("png", "pdf"):
         files.append(plot.draw_alpha_history(hist, h["ops"],
-                                             os.path.join(out, f"alpha_history.{ext}")))
+                                             os.path.join(out, f"alpha_history.{ext}"),
+                                             edge_labels=labels, none_competes=nb201))
   return files
 
 
@@ -239,9 +282,7 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
 
   model = build_search_model(c, ds.num_classes)
   op_set = OP_SETS[c.model.op_set]
-  weight_tx, schedule = search.darts_weight_optimizer(
-      c.search.learning_rate, c.search.min_learning_rate, total, c.search.momentum,
-      c.search.weight_decay, c.search.grad_clip)
+  weight_tx, schedule = _search_weight_optimizer(c, total)
   arch_tx = search.darts_arch_optimizer(c.search.arch_learning_rate,
                                         weight_decay=c.search.arch_weight_decay)
   strategy = darts(order=c.search.order, hessian=c.search.hessian, learning_rate=schedule)
@@ -272,7 +313,8 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
   t_log, n_log = time.time(), 0
   compile_s = None
   last = {}
-  with _Stopper() as stopper, open(metrics_path, "a") as mfile:
+  with _Stopper() as stopper, open(metrics_path, "a") as mfile, \
+      summary_writer(workdir, step) as tb:
     while step < total:
       bt = batch_fn(train, train_key, step)
       bv = batch_fn(val, val_key, step)
@@ -312,6 +354,7 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
                     images_per_s=ips)
         mfile.write(json.dumps(last) + "\n")
         mfile.flush()
+        _add_scalars(tb, "search", last, step)
         eta = (total - step) * dt / max(n_log, 1)
         progress.update(epoch, step - epoch * spe, spe, host, ips, eta)
         acc, acc_n, t_log, n_log = None, 0, time.time(), 0
@@ -391,9 +434,12 @@ def _train_optimizer(c, total_steps, steps_per_epoch):
   kw = dict(learning_rate=t.learning_rate, momentum=t.momentum, weight_decay=t.weight_decay,
             grad_clip=t.grad_clip or None, nesterov=t.nesterov)
   if t.optimizer == "darts_imagenet":
-    return retrain.darts_imagenet_optimizer(steps_per_epoch, **kw)
+    decay = t.get("lr_decay_rate", 0.97)
+    return (retrain.darts_imagenet_optimizer(steps_per_epoch, decay_rate=decay, **kw),
+            retrain.darts_imagenet_schedule(steps_per_epoch, t.learning_rate, decay))
   fn = retrain.darts_cifar_optimizer if t.optimizer == "darts_cifar" else retrain.nb201_optimizer
-  return fn(total_steps, min_learning_rate=t.min_learning_rate, **kw)
+  return (fn(total_steps, min_learning_rate=t.min_learning_rate, **kw),
+          retrain.cosine_schedule(total_steps, t.learning_rate, t.min_learning_rate))
 
 
 def _compute_dtype(name: str):
@@ -425,8 +471,8 @@ def run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
   """Trains ``genotype``'s network from scratch (or resumes); returns the final metrics.
 
   Writes ``config.json``, ``genotype.json``, ``metrics.jsonl`` (training lines and one
-  ``"split": "test"`` line per evaluation), ``checkpoint.msgpack`` and, at the end,
-  ``final_metrics.json`` to ``workdir``.
+  ``"split": "test"`` line per evaluation), TensorBoard event files (the same scalars),
+  ``checkpoint.msgpack`` and, at the end, ``final_metrics.json`` to ``workdir``.
   """
   from dnas import retrain  # pylint: disable=g-import-not-at-top
   c = config
@@ -456,7 +502,7 @@ def run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
 
   model = build_train_model(c, genotype, ds.num_classes)
   dtype = _compute_dtype(c.train.compute_dtype)
-  tx = _train_optimizer(c, total, spe)
+  tx, schedule = _train_optimizer(c, total, spe)
   t0 = time.time()
   state = retrain.init_train_state(model, tx, init_key, jnp.zeros((2,) + images.shape[1:]))
   ckpt = os.path.join(workdir, "checkpoint.msgpack")
@@ -486,7 +532,8 @@ def run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
   progress = _Progress()
   step = int(state.step)
   acc, acc_n, t_log, n_log, last = None, 0, time.time(), 0, {}
-  with _Stopper() as stopper, open(metrics_path, "a") as mfile:
+  with _Stopper() as stopper, open(metrics_path, "a") as mfile, \
+      summary_writer(workdir, step) as tb:
     while step < total:
       epoch = step // spe
       dpp = c.train.drop_path_prob * epoch / c.train.epochs  # DARTS' linear schedule
@@ -500,9 +547,11 @@ def run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
         host = {k: float(v) / acc_n for k, v in jax.device_get(acc).items()}
         dt = time.time() - t_log
         last = dict(step=step, epoch=epoch, **host, drop_path_prob=dpp,
+                    learning_rate=float(schedule(step - 1)),  # the interval's last step's
                     images_per_s=n_log * bs / max(dt, 1e-9))
         mfile.write(json.dumps(last) + "\n")
         mfile.flush()
+        _add_scalars(tb, "train", last, step)
         progress.update(epoch, step - epoch * spe, spe,
                         {"train_loss": host["loss"], "train_acc": host["accuracy"]},
                         last["images_per_s"], (total - step) * dt / max(n_log, 1))
@@ -513,6 +562,7 @@ def run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
           line.update(evaluate())
           mfile.write(json.dumps(line) + "\n")
           mfile.flush()
+          _add_scalars(tb, "test", line, step)
         _save_train_checkpoint(ckpt, state)
         progress.summary(f"epoch {epoch + 1}/{c.train.epochs} step {step} "
                          f"loss {last['loss']:.4f} acc {last['accuracy']:.3f}"

@@ -51,6 +51,7 @@ def get_config(variant: str = "first_order") -> ml_collections.ConfigDict:
   c.search.learning_rate = 0.025
   c.search.min_learning_rate = 0.001
   c.search.momentum = 0.9
+  c.search.nesterov = False
   c.search.weight_decay = 3e-4
   c.search.grad_clip = 5.0
   c.search.arch_learning_rate = 3e-4

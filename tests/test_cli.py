@@ -1,18 +1,25 @@
 """The `dnas` command end to end on real CIFAR-10 images; resume; usage errors."""
 
+import glob
+import importlib.util
 import json
 import os
+import struct
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
-from dnas import cli, genotypes, train_lib
+from dnas import cli, genotypes, published, train_lib
+from dnas.ops import sets
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "experiments", "darts_cifar10.py")
 TRAIN_CONFIG = os.path.join(REPO, "experiments", "train_cifar10.py")
+NB201_CONFIG = os.path.join(REPO, "experiments", "nb201_darts_cifar10.py")
+IMAGENET_CONFIG = os.path.join(REPO, "experiments", "train_imagenet.py")
 
 
 @pytest.fixture(scope="module")
@@ -20,17 +27,56 @@ def caches(tmp_path_factory):
   return tmp_path_factory.mktemp("caches")
 
 
-def _smoke(archive, caches, **overrides):
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  del config_flags
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location("darts_cifar10", CONFIG)
+@pytest.fixture
+def fast_compile():
+  """XLA with most optimizations off: these tests run a few steps, compiling dominates."""
+  old = jax.config.values["jax_disable_most_optimizations"]
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", old)
+
+
+def _config(path, variant, archive=None, caches=None):
+  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
-  c = mod.get_config("smoke")
-  c.data.path = archive
-  c.data.cache_dir = str(caches / "data")
-  c.compilation_cache_dir = str(caches / "jax")
+  c = mod.get_config(variant)
+  if archive is not None:
+    c.data.path = archive
+    c.data.cache_dir = str(caches / "data")
+    c.compilation_cache_dir = str(caches / "jax")
+  return c
+
+
+def _event_scalars(workdir):
+  """``{tag: [(step, value), ...]}`` from the TensorBoard event files in ``workdir``.
+
+  Reads the TFRecord framing (length, its CRC, payload, its CRC) and parses each payload as
+  an ``Event`` protocol buffer (tensorboardX's copy of TensorFlow's proto).
+  """
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  files = sorted(glob.glob(os.path.join(str(workdir), "events.out.tfevents.*")))
+  assert files, f"no TensorBoard event file in {workdir}"
+  out = {}
+  for path in files:
+    with open(path, "rb") as f:
+      raw = f.read()
+    pos, first = 0, True
+    while pos < len(raw):
+      (length,) = struct.unpack("<Q", raw[pos:pos + 8])
+      event = event_pb2.Event.FromString(raw[pos + 12:pos + 12 + length])
+      pos += 12 + length + 4
+      if first:
+        assert event.file_version.startswith("brain.Event"), event
+        first = False
+      for v in event.summary.value:
+        out.setdefault(v.tag, []).append((event.step, v.simple_value))
+    assert pos == len(raw), f"{path}: truncated record"
+  return out
+
+
+def _smoke(archive, caches, **overrides):
+  c = _config(CONFIG, "smoke", archive, caches)
   c.data.train_size = 128     # 4 steps per epoch at batch 16
   c.checkpoint_every_steps = 2
   c.update_from_flattened_dict(overrides)
@@ -69,6 +115,12 @@ def test_search_then_plot_end_to_end(cifar10_archive, tmp_path, caches):
     for ext in ("png", "pdf", "dot"):
       assert (plots / f"{name}.{ext}").stat().st_size > 0, f"{name}.{ext}"
   assert (plots / "alpha_history.png").read_bytes()[:4] == b"\x89PNG"
+  scalars = _event_scalars(work)
+  assert [s for s, _ in scalars["search/train_loss"]] == [4, 8]
+  for key in ("train_acc", "val_loss", "val_acc", "learning_rate", "images_per_s"):
+    assert all(np.isfinite(v) for _, v in scalars[f"search/{key}"]), key
+  np.testing.assert_allclose([v for _, v in scalars["search/val_acc"]],
+                             [l["val_acc"] for l in lines], rtol=1e-6)
 
   (plots / "alpha_history.png").unlink()
   r = _cli("plot", "--workdir", str(work))
@@ -88,6 +140,75 @@ def test_search_then_plot_end_to_end(cifar10_archive, tmp_path, caches):
   lines = [json.loads(l) for l in (train_dir / "metrics.jsonl").read_text().splitlines()]
   assert any(l.get("split") == "test" for l in lines)
   assert all(np.isfinite(l["loss"]) for l in lines if "loss" in l)
+  scalars = _event_scalars(train_dir)
+  for tag in ("train/loss", "train/accuracy", "train/learning_rate", "train/images_per_s",
+              "test/test_acc"):
+    assert tag in scalars, (tag, sorted(scalars))
+  assert scalars["test/test_acc"][-1] == (8, pytest.approx(final["test_acc"]))
+
+
+def test_nb201_search_smoke(cifar10_archive, tmp_path, caches, fast_compile, capsys):
+  c = _config(NB201_CONFIG, "smoke", cifar10_archive, caches)
+  c.data.train_size = 128  # 4 steps per epoch at batch 16
+  work = tmp_path / "nb201"
+  result = train_lib.run_search(c, str(work))
+  assert result["step"] == 8
+  obj = json.loads((work / "genotype.json").read_text())
+  assert set(obj) == {"space", "arch"} and obj["space"] == "nb201"
+  g = genotypes.load(str(work / "genotype.json"))
+  assert isinstance(g, genotypes.NB201Genotype) and g.to_json() == result["genotype"]
+  assert genotypes.NB201Genotype.from_arch(obj["arch"]) == g
+  assert [[src for _, src in node] for node in g.nodes] == [[0], [0, 1], [0, 1, 2]]
+  assert all(op in sets.NB201.ops for node in g.nodes for op, _ in node)
+  # NB201's rule: the argmax over every op on every edge, "none" included.
+  w = result["op_weights"]["cell"]
+  assert [op for node in g.nodes for op, _ in node] == [sets.NB201.ops[i] for i in w.argmax(-1)]
+  hist = json.loads((work / "alpha_history.json").read_text())
+  assert np.asarray(hist["epochs"]["cell"]).shape == (2, 6, 5)
+  for name in ("genotype.png", "genotype.pdf", "genotype.dot", "alpha_history.png",
+               "alpha_history.pdf"):
+    assert (work / "plots" / name).stat().st_size > 0, name
+  assert "search/val_acc" in _event_scalars(work)
+
+  capsys.readouterr()
+  assert cli.run(["dnas", "info", "--config", f"{NB201_CONFIG}:smoke", "--json"]) == 0
+  info = json.loads(capsys.readouterr().out)
+  assert info["space"] == "nb201" and info["n_arch_params"] == 30
+  assert info["n_params"] == info["n_params_aux"] > 0 and info["flops"] > 0
+
+
+def test_info_reports_params_and_flops(capsys):
+  assert cli.run(["dnas", "info", "--config", TRAIN_CONFIG, "--genotype", "DARTS_V2",
+                  "--json"]) == 0
+  info = json.loads(capsys.readouterr().out)
+  # DARTS' published counts (eval-net tests): without and with the auxiliary head.
+  assert (info["space"], info["n_params"], info["n_params_aux"], info["n_arch_params"]) == (
+      "darts_cifar", 3349342, 3825768, 0)
+  assert genotypes.from_json(info["genotype"]) == published.get("DARTS_V2")
+  # XLA counts 2 flops per multiply-add, padding taps excluded: ~1.08e9 for DARTS_V2.
+  assert 0.9e9 < info["flops"] < 1.2e9
+  assert info["input_shape"] == [1, 32, 32, 3]
+
+  assert cli.run(["dnas", "info", "--config", f"{CONFIG}:smoke", "--json"]) == 0
+  info = json.loads(capsys.readouterr().out)
+  assert info["space"] == "darts" and info["n_arch_params"] == 2 * 5 * 8  # 2 nodes: 5 edges
+  assert info["n_params"] == info["n_params_aux"] > 0 and info["flops"] > 0
+
+
+def test_imagenet_recipe_smoke(cifar10_archive, tmp_path, caches, fast_compile):
+  full = _config(IMAGENET_CONFIG, "default")
+  assert (full.model.space, full.model.channels, full.model.layers, full.data.batch_size,
+          full.train.epochs, full.train.label_smoothing, full.train.aux_weight) == (
+              "darts_imagenet", 48, 14, 128, 250, 0.1, 0.4)
+  c = _config(IMAGENET_CONFIG, "smoke", cifar10_archive, caches)
+  work = tmp_path / "imagenet"
+  final = train_lib.run_train(c, published.get("DARTS_V2"), str(work))
+  assert final["step"] == 8 and 0.0 <= final["test_acc"] <= 1.0  # 128 images, batch 32
+  lines = [json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines()]
+  lr = {l["epoch"]: l["learning_rate"] for l in lines if "learning_rate" in l}
+  np.testing.assert_allclose([lr[0], lr[1]], [0.1, 0.1 * 0.97], rtol=1e-6)  # x0.97 per epoch
+  assert all(np.isfinite(l["loss"]) for l in lines if "loss" in l)
+  assert "train/learning_rate" in _event_scalars(work)
 
 
 def test_resumed_search_equals_uninterrupted(cifar10_archive, tmp_path, caches):
@@ -117,6 +238,7 @@ def test_resumed_search_equals_uninterrupted(cifar10_archive, tmp_path, caches):
       "DARTS_V2", "--config.model.space=nb201"], "model.space"),
     (["train", "--config", f"{TRAIN_CONFIG}:smoke", "--workdir", "x", "--genotype",
       "missing.json"], "missing.json"),
+    (["info", "--config", f"{TRAIN_CONFIG}:smoke"], "--genotype"),
 ])
 def test_usage_errors_exit_2_without_traceback(args, needle, capsys):
   with pytest.raises(SystemExit) as e:

@@ -1,0 +1,89 @@
+r"""DARTS on the NAS-Bench-201 space, CIFAR-10 (Dong & Yang, "NAS-Bench-201", ICLR 2020).
+
+Variants:
+  first_order (default)  DARTS-V1: 50 epochs, batch 64, C=16, N=5 cells per stage, 3 nodes.
+  second_order           DARTS-V2: the exact hypergradient (DARTS eq. 6 by autodiff).
+  smoke                  C=4, 1 cell per stage, 256 real images, 2 epochs: seconds on a CPU.
+
+Run::
+
+  dnas search --config experiments/nb201_darts_cifar10.py --workdir runs/nb201_darts1 \
+      --config.data.path=/path/to/cifar10-jpeg.tar.gz
+  dnas search --config experiments/nb201_darts_cifar10.py:second_order --workdir runs/nb201_darts2
+  dnas search --config experiments/nb201_darts_cifar10.py:smoke --workdir runs/nb201_smoke \
+      --config.data.path=../shared/data/cifar10-jpeg.tar.gz
+
+``genotype.json`` holds the cell as a NAS-Bench-201 arch string (``{"space": "nb201", "arch":
+"|skip_connect~0|+|...|"}``), which indexes NAS-Bench-201's table directly; retrain it with
+``dnas train --config experiments/train_cifar10.py:nb201 --genotype runs/.../genotype.json``.
+
+Search hyperparameters: NAS-Bench-201's ``configs/nas-benchmark/algos/DARTS.config`` and
+``scripts-search/algos/DARTS-V1.sh`` (github.com/D-X-Y/AutoDL-Projects): Nesterov SGD with
+momentum 0.9, weight decay 5e-4, lr 0.025 cosine-annealed to 0.001, gradient norm clipped at 5,
+batch 64, 50 epochs; alpha by Adam (lr 3e-4, betas (0.5, 0.999), weight decay 1e-3). Weights
+train on one half of CIFAR-10's training set and alpha on the other (train_portion 0.5).
+
+Published result (Dong & Yang 2020, table 5): DARTS-V1 and DARTS-V2 both collapse to the
+all-``skip_connect`` cell: 39.77 +- 0.00 % CIFAR-10 validation and 54.30 +- 0.00 % test accuracy
+(the best cell of the space reaches 94.37 %). Runtime here: not yet measured on a GPU (see
+README's results table); the smoke variant takes well under a minute on a CPU, mostly compiling.
+"""
+
+import ml_collections
+
+
+def get_config(variant: str = "first_order") -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 2
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "cifar10"
+  c.data.path = ""          # a local archive or folder; empty: TFDS
+  c.data.data_dir = ""      # TFDS data_dir; empty: TFDS' default
+  c.data.cache_dir = ""     # decoded-array cache; empty: $DNAS_CACHE_DIR or ~/.cache/dnas
+  c.data.batch_size = 64
+  c.data.train_portion = 0.5
+  c.data.train_size = 0     # a seeded random subset of N training images (0: all)
+  c.data.crop_padding = 4
+  c.data.flip = True
+
+  c.model = ml_collections.ConfigDict()
+  c.model.space = "nb201"
+  c.model.op_set = "nb201"
+  c.model.channels = 16
+  c.model.layers = 5        # cells per stage (N)
+  c.model.nodes = 3
+
+  c.search = ml_collections.ConfigDict()
+  c.search.order = 1
+  c.search.hessian = "exact"  # or "finite_difference" (DARTS eq. 8) for order 2
+  c.search.epochs = 50
+  c.search.learning_rate = 0.025
+  c.search.min_learning_rate = 0.001
+  c.search.momentum = 0.9
+  c.search.nesterov = True
+  c.search.weight_decay = 5e-4
+  c.search.grad_clip = 5.0
+  c.search.arch_learning_rate = 3e-4
+  c.search.arch_weight_decay = 1e-3
+
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 500
+  c.max_bad_steps = 10
+  c.compilation_cache_dir = ""  # empty: ~/.cache/dnas/jax; "none": off
+
+  if variant == "first_order":
+    pass
+  elif variant == "second_order":
+    c.search.order = 2
+  elif variant == "smoke":
+    c.data.batch_size = 16
+    c.data.train_size = 256
+    c.model.channels = 4
+    c.model.layers = 1
+    c.search.epochs = 2
+    c.log_every_steps = 4
+    c.checkpoint_every_steps = 8
+  else:
+    raise ValueError(f"unknown variant {variant!r}; valid: first_order, second_order, smoke")
+  return c

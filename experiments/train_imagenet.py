@@ -1,0 +1,101 @@
+r"""Retraining a DARTS-space genotype on ImageNet, mobile setting (Liu et al., "DARTS", ICLR 2019).
+
+Variants:
+  default  the paper's recipe (section 3.3 and the reference ``cnn/train_imagenet.py``): the
+           ImageNet network (two stride-2 stems) with C=48 and 14 cells, auxiliary head
+           (weight 0.4), label smoothing 0.1, SGD with momentum 0.9, weight decay 3e-5,
+           gradient norm clipped at 5, lr 0.1 multiplied by 0.97 after every epoch, batch 128,
+           250 epochs, no drop-path.
+  smoke    the same network code and optimizer at C=8 with 3 cells on 128 CIFAR-10 images
+           (32x32) from the local archive, 2 epochs: seconds on a CPU. The auxiliary head is
+           off: the ImageNet head pools a 5x5 window out of the features after the second
+           reduction, which are 7x7 at 224x224 input but 1x1 at 32x32.
+
+Run::
+
+  dnas train --config experiments/train_imagenet.py --genotype DARTS_V2 --workdir runs/v2_in \
+      --config.data.path=/path/to/imagenet_folder
+  dnas train --config experiments/train_imagenet.py:smoke --genotype DARTS_V2 \
+      --workdir runs/in_smoke --config.data.path=../shared/data/cifar10-jpeg.tar.gz
+  dnas info --config experiments/train_imagenet.py --genotype DARTS_V2 --json
+
+Data: ``data.path`` is an image folder or tar archive laid out as ``{train,test}/CLASS/IMAGE``
+(ImageNet's validation images go under ``test/``). ``dnas.data`` decodes a source into host
+memory and keeps the training set on the device, and its augmentation is CIFAR's (pad-and-crop,
+flip), so the images must all have one size and fit in memory: a downsampled or subset
+ImageNet runs, the full ImageNet at 224x224 (about 190 GB of pixels) does not. The paper's
+recipe needs a streaming input pipeline with RandomResizedCrop(224), flips and colour jitter,
+and Resize(256)/CenterCrop(224) for evaluation, which ``dnas.data`` does not have yet; with
+``data.path`` empty, ``data.name=imagenet2012`` stops with an error naming the TFDS sources that
+do load.
+
+Published result (Liu et al. 2019, table 3): DARTS (second order) reaches 26.7 % top-1 and
+8.7 % top-5 error with 4.7M weights and 574M multiply-adds; ``dnas info`` on DARTS_V2 counts
+4,718,752 weights without the auxiliary head. Runtime: the paper does not give it; no dnas
+figure is quoted until measured (see README's results table).
+"""
+
+import ml_collections
+
+
+def get_config(variant: str = "default") -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "imagenet2012"
+  c.data.path = ""
+  c.data.data_dir = ""
+  c.data.cache_dir = ""
+  c.data.batch_size = 128
+  c.data.eval_batch_size = 250
+  c.data.train_size = 0     # first N of a seeded permutation of the training set (0: all)
+  c.data.test_size = 0      # same for the test set
+  c.data.crop_padding = 0   # no pad-and-crop: the paper's RandomResizedCrop is not available
+  c.data.flip = True
+  c.data.cutout = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.space = "darts_imagenet"
+  c.model.channels = 48
+  c.model.layers = 14
+  c.model.auxiliary = True
+
+  c.train = ml_collections.ConfigDict()
+  c.train.epochs = 250
+  c.train.optimizer = "darts_imagenet"
+  c.train.learning_rate = 0.1
+  c.train.lr_decay_rate = 0.97  # per epoch (DARTS' StepLR(1, gamma=0.97))
+  c.train.min_learning_rate = 0.0  # unused by the darts_imagenet schedule
+  c.train.momentum = 0.9
+  c.train.weight_decay = 3e-5
+  c.train.grad_clip = 5.0
+  c.train.nesterov = False
+  c.train.aux_weight = 0.4
+  c.train.drop_path_prob = 0.0
+  c.train.label_smoothing = 0.1
+  c.train.compute_dtype = "auto"  # bfloat16 on GPU/TPU, float32 on CPU
+
+  c.log_every_steps = 100
+  c.eval_every_epochs = 1
+  c.checkpoint_every_steps = 1000
+  c.compilation_cache_dir = ""
+
+  if variant == "default":
+    pass
+  elif variant == "smoke":
+    c.data.name = "cifar10"  # with data.path set, only a label; pass the CIFAR-10 archive
+    c.data.batch_size = 32
+    c.data.eval_batch_size = 128
+    c.data.train_size = 128
+    c.data.test_size = 128
+    c.data.crop_padding = 4
+    c.model.channels = 8
+    c.model.layers = 3
+    c.model.auxiliary = False
+    c.train.epochs = 2
+    c.log_every_steps = 2
+    c.checkpoint_every_steps = 4
+  else:
+    raise ValueError(f"unknown variant {variant!r}; valid: default, smoke")
+  return c
