@@ -19,22 +19,24 @@ def test_edge_numbering_matches_darts():
   groups = cell_lib.edge_groups(2, 4)
   covered = sorted(cell_lib.edge_index(2, j, s) for _, edges in groups for s, j in edges)
   assert covered == list(range(14))
+  # Each edge's weights have their own row in the compact (scanned) layout.
+  for scan in (True, False):
+    where = {cell_lib.param_location(2, 4, s, j, scan) for j in range(4) for s in range(2 + j)}
+    assert len(where) == 14
 
 
 def _explicit_cell(op_set, params, batch_stats, inputs, weights, n_inputs, n_nodes, channels,
-                   reduction):
-  """DARTS' cell forward, one op instance per (edge, op), params taken from the stacked tree."""
+                   reduction, scan_nodes):
+  """DARTS' cell forward, one op instance per (edge, op), params taken from the stacked tree.
+
+  Returns the node states and the updated BatchNorm statistics of every (edge, op).
+  """
   states = list(inputs)
-  groups = cell_lib.edge_groups(n_inputs, n_nodes)
-  group_of = {}
-  for g, (_, edges) in enumerate(groups):
-    for e, (s, j) in enumerate(edges):
-      group_of[(s, j)] = (g, e)
+  new_stats = {}
   for j in range(n_nodes):
     total = 0.0
     for s in range(n_inputs + j):
-      g, e = group_of[(s, j)]
-      gname = "edges_from_inputs" if g == 0 else f"edges_from_node{g - 1}"
+      gname, e = cell_lib.param_location(n_inputs, n_nodes, s, j, scan_nodes)
       stride = 2 if (reduction and s < n_inputs) else 1
       for k, op in enumerate(op_set.ops):
         w = weights[cell_lib.edge_index(n_inputs, j, s), k]
@@ -43,30 +45,47 @@ def _explicit_cell(op_set, params, batch_stats, inputs, weights, n_inputs, n_nod
         sub_p = jax.tree.map(lambda a: a[e], params[gname].get(op, {}))
         sub_s = jax.tree.map(lambda a: a[e], batch_stats.get(gname, {}).get(op, {}))
         mod = cell_lib._EdgeOp(op, channels, stride, False, op in op_set.bn_after, True)
-        y, _ = mod.apply({"params": sub_p, "batch_stats": sub_s}, states[s],
-                         mutable=["batch_stats"])
+        y, upd = mod.apply({"params": sub_p, "batch_stats": sub_s}, states[s],
+                           mutable=["batch_stats"])
+        new_stats[(gname, e, op)] = upd.get("batch_stats", {})
         total = total + w * y
     states.append(total)
-  return states[n_inputs:]
+  return states[n_inputs:], new_stats
 
 
+@pytest.mark.parametrize("scan_nodes", [True, False])
 @pytest.mark.parametrize("op_set,n_inputs,n_nodes,reduction", [
     (DARTS, 2, 4, False), (DARTS, 2, 4, True), (NB201, 1, 3, False), (DARTS, 2, 2, True)])
-def test_cell_equals_explicit_weighted_sum(op_set, n_inputs, n_nodes, reduction):
+def test_cell_equals_explicit_weighted_sum(op_set, n_inputs, n_nodes, reduction, scan_nodes):
   c = 4
   keys = jax.random.split(jax.random.key(0), n_inputs + 2)
   inputs = [jax.random.normal(keys[i], (2, 8, 8, c)) for i in range(n_inputs)]
   n_edges = cell_lib.edge_count(n_inputs, n_nodes)
   weights = jax.nn.softmax(jax.random.normal(keys[-1], (n_edges, len(op_set.ops))), -1)
-  cell = cell_lib.SearchCell(op_set, c, n_inputs, n_nodes, reduction=reduction)
+  cell = cell_lib.SearchCell(op_set, c, n_inputs, n_nodes, reduction=reduction,
+                             scan_nodes=scan_nodes)
   variables = cell.init(keys[-2], inputs, weights)
-  got, _ = cell.apply(variables, inputs, weights, mutable=["batch_stats"])
-  want = _explicit_cell(op_set, variables["params"], variables["batch_stats"], inputs, weights,
-                        n_inputs, n_nodes, c, reduction)
+  got, updated = cell.apply(variables, inputs, weights, mutable=["batch_stats"])
+  want, want_stats = _explicit_cell(op_set, variables["params"], variables["batch_stats"],
+                                    inputs, weights, n_inputs, n_nodes, c, reduction, scan_nodes)
   assert len(got) == n_nodes
   for g, w in zip(got, want):
     assert g.shape == (2, 8 // (2 if reduction else 1), 8 // (2 if reduction else 1), c)
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+  # Every edge's BatchNorm statistics move exactly as in the explicit forward pass.
+  checked = 0
+  for (gname, e, op), stats in want_stats.items():
+    for a, b in zip(jax.tree.leaves(stats),
+                    jax.tree.leaves(updated["batch_stats"][gname].get(op, {}))):
+      np.testing.assert_allclose(b[e], a, rtol=1e-5, atol=1e-6, err_msg=f"{gname}/{op}/{e}")
+      checked += 1
+  assert checked > 0
+  # The compact layout holds one weight set per real edge: as many as the unrolled cell.
+  unrolled = cell_lib.SearchCell(op_set, c, n_inputs, n_nodes, reduction=reduction,
+                                 scan_nodes=False)
+  shapes = jax.eval_shape(unrolled.init, keys[-2], inputs, weights)
+  assert (sum(a.size for a in jax.tree.leaves(variables["params"])) ==
+          sum(a.size for a in jax.tree.leaves(shapes["params"])))
 
 
 def test_one_hot_weights_select_a_single_op():

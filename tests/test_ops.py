@@ -74,6 +74,21 @@ def test_avg_pool_does_not_count_padding():
   np.testing.assert_allclose(layers.avg_pool_3x3(x, 1), x)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("hw", [(6, 6), (7, 5)])
+def test_avg_pool_equals_explicit_window_mean(stride, hw):
+  x = np.asarray(jax.random.normal(jax.random.key(0), (2, *hw, 3)))
+  h, w = hw
+  rows, cols = range(0, h, stride), range(0, w, stride)
+  ref = np.zeros((2, len(rows), len(cols), 3))
+  for a, i in enumerate(rows):
+    for b, j in enumerate(cols):
+      window = x[:, max(i - 1, 0):i + 2, max(j - 1, 0):j + 2, :]
+      ref[:, a, b, :] = window.mean(axis=(1, 2))
+  np.testing.assert_allclose(layers.avg_pool_3x3(jnp.asarray(x), stride), ref, rtol=1e-5,
+                             atol=1e-6)
+
+
 def test_max_pool_pads_with_minus_infinity():
   x = -jnp.ones((1, 4, 4, 1))
   np.testing.assert_allclose(layers.max_pool_3x3(x, 1), x)

@@ -12,6 +12,7 @@ from typing import Tuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # PyTorch's default conv/linear init (kaiming_uniform with a=sqrt(5)) is a uniform variance
 # scaling with scale 1/3 over fan_in; using it keeps early training comparable to the papers.
@@ -93,9 +94,22 @@ def max_pool_3x3(x, stride: int):
 
 
 def avg_pool_3x3(x, stride: int):
-  # count_include_pad=False: border windows average only the pixels they cover.
-  return nn.avg_pool(x, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)),
-                     count_include_pad=False)
+  """3x3 average pool, padding 1, that does not count padding (``count_include_pad=False``).
+
+  The window sums come from ``reduce_window``; the divisor (how many real pixels each window
+  covers) depends only on the shape, so it is computed here with numpy. Deriving it from a
+  pooled tensor of ones instead makes XLA constant-fold a ``reduce_window`` over an array the
+  size of the activations, which took minutes of compile time per supernet.
+  """
+  sums = nn.pool(x, 0.0, jax.lax.add, (3, 3), (stride, stride), ((1, 1), (1, 1)))
+  counts = np.outer(_window_counts(x.shape[1], stride), _window_counts(x.shape[2], stride))
+  return sums / counts[None, :, :, None].astype(x.dtype)
+
+
+def _window_counts(n: int, stride: int) -> np.ndarray:
+  """Pixels of ``[0, n)`` inside each size-3, padding-1 window along one axis."""
+  starts = np.arange(0, n, stride) - 1
+  return np.minimum(starts + 3, n) - np.maximum(starts, 0)
 
 
 class ReLUConvBN(nn.Module):

@@ -10,13 +10,23 @@ size. Here the edges that leave the same source (all cell inputs at once, then e
 computed together: each op runs once per group under ``nn.vmap`` with parameters stacked along a
 leading edge axis. A DARTS cell is then 4 groups x 8 ops instead of 14 x 8 op instances, and the
 results are identical to the unrolled form (tests check it against an explicit sum).
+
+The edges between intermediate nodes go further (``scan_nodes=True``, the default): they run as
+one ``lax.scan`` over their source node, each iteration computing the edges that leave node
+``i`` through ``n_nodes - 1`` slots (slots past the last node carry zero weight). XLA then
+compiles the ops of a cell twice (cell inputs, and the scan body) instead of ``n_nodes`` times,
+which roughly halves the supernet's compile time for about 20 % more edge evaluations in a
+DARTS cell. Weights stay compact: one stacked set per real edge, gathered into the slots, so
+the parameter count is the reference's.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import List, Sequence, Tuple
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -102,6 +112,114 @@ class MixedEdges(nn.Module):
     return out
 
 
+def node_edges(n_nodes: int) -> List[Tuple[int, int]]:
+  """Edges between intermediate nodes as ``(source_node, dest_node)``, in their stacking order."""
+  return [(i, j) for i in range(n_nodes - 1) for j in range(i + 1, n_nodes)]
+
+
+def param_location(n_inputs: int, n_nodes: int, source: int, node: int,
+                   scan_nodes: bool = True) -> Tuple[str, int]:
+  """Where the weights of edge ``source -> node`` live: ``(submodule name, row in its stack)``.
+
+  ``source`` indexes inputs then nodes (as in ``edge_index``).
+  """
+  if source < n_inputs:
+    return "edges_from_inputs", source * n_nodes + node
+  i = source - n_inputs
+  if scan_nodes:
+    return "edges_from_nodes", node_edges(n_nodes).index((i, node))
+  return f"edges_from_node{i}", node - i - 1
+
+
+def _stack_init(module: nn.Module, key, n: int, x_shape, dtype):
+  keys = jax.random.split(key, n)
+  return jax.vmap(lambda k: module.init({"params": k}, jnp.zeros(x_shape, dtype)))(keys)
+
+
+class NodeEdges(nn.Module):
+  """The mixed edges between intermediate nodes, as a ``lax.scan`` over the source node.
+
+  Call with ``partial`` of shape ``[n_nodes, B, H, W, C]`` (each node's sum over its edges from
+  the cell inputs) and the cell's op weights ``[E, K]``; returns the completed node states.
+  Iteration ``i`` reads node ``i`` (complete by then) and adds its edges into nodes ``> i``.
+  """
+  op_set: OpSet
+  channels: int
+  n_inputs: int
+  n_nodes: int
+  affine: bool = False
+  train: bool = True
+
+  @nn.compact
+  def __call__(self, partial, weights):
+    n, slots = self.n_nodes, self.n_nodes - 1
+    real = node_edges(n)
+    idx = np.zeros((n - 1, slots), np.int32)      # which stacked weights a slot uses
+    mix = np.zeros((n - 1, slots, weights.shape[0]), np.float32)   # selects the alpha row
+    route = np.zeros((n - 1, slots, n), np.float32)  # slot -> destination node
+    for i in range(n - 1):
+      for t in range(slots):
+        j = i + 1 + t
+        if j < n:
+          idx[i, t] = real.index((i, j))
+          mix[i, t, edge_index(self.n_inputs, j, self.n_inputs + i)] = 1.0
+          route[i, t, j] = 1.0
+    slot_weights = jnp.einsum("ite,ek->itk", mix, weights)  # zero for the padding slots
+    x_shape, dtype = partial.shape[1:], partial.dtype
+
+    ops, variables = [], {}
+    for op in self.op_set.ops:
+      if op == "none":
+        continue  # contributes exactly zero
+      module = _EdgeOp(op, self.channels, 1, self.affine, op in self.op_set.bn_after,
+                       self.train)
+      init = functools.partial(_stack_init, module, n=len(real), x_shape=x_shape, dtype=dtype)
+      if self.is_initializing():
+        cols = jax.eval_shape(init, jax.random.key(0)).keys()
+      else:
+        cols = [c for c in ("params", "batch_stats") if self.has_variable(c, op)]
+      v = {}
+      if "params" in cols:
+        v["params"] = self.param(op, lambda rng, init=init: init(rng)["params"])
+      if "batch_stats" in cols:
+        v["batch_stats"] = self.variable(
+            "batch_stats", op, lambda init=init: init(jax.random.key(0))["batch_stats"])
+      ops.append((self.op_set.ops.index(op), op, module))
+      variables[op] = v
+
+    update_stats = self.train and self.is_mutable_collection("batch_stats")
+    params = {op: {c: (x if c == "params" else x.value) for c, x in v.items()}
+              for op, v in variables.items()}
+
+    def body(partial, xs):
+      i, rows, w, r = xs
+      x = jax.lax.dynamic_index_in_dim(partial, i, 0, keepdims=False)
+      xb = jnp.broadcast_to(x, (slots,) + x.shape)
+      total, new_stats = None, {}
+      for k, op, module in ops:
+        v = jax.tree.map(lambda a: a[rows], params[op])
+        if update_stats and "batch_stats" in v:
+          y, upd = jax.vmap(lambda v, x: module.apply(v, x, mutable=["batch_stats"]))(v, xb)
+          new_stats[op] = upd["batch_stats"]
+        else:
+          y = jax.vmap(module.apply)(v, xb)
+        term = w[:, k, None, None, None, None].astype(y.dtype) * y
+        total = term if total is None else total + term
+      if total is not None:
+        partial = partial + jnp.einsum("td,tbhwc->dbhwc", r.astype(total.dtype), total)
+      return partial, new_stats
+
+    partial, new_stats = jax.lax.scan(
+        body, partial, (jnp.arange(n - 1), idx, slot_weights, route))
+    if update_stats:
+      # Each real edge updated its statistics in exactly one slot; padding slots are dropped.
+      where = [(i, j - i - 1) for i, j in real]
+      it, tt = np.array([a for a, _ in where]), np.array([b for _, b in where])
+      for op, stats in new_stats.items():
+        variables[op]["batch_stats"].value = jax.tree.map(lambda a: a[it, tt], stats)
+    return partial
+
+
 class SearchCell(nn.Module):
   """A cell of mixed edges: returns the states of its ``n_nodes`` intermediate nodes.
 
@@ -113,6 +231,8 @@ class SearchCell(nn.Module):
     reduction: edges leaving the inputs have stride 2.
     affine: affine BatchNorm inside ops (DARTS searches with affine-free BN).
     train: BatchNorm uses batch statistics and updates its running averages.
+    scan_nodes: run the edges between intermediate nodes as one ``lax.scan`` (``NodeEdges``);
+      False unrolls one group per source node (same results, longer compile).
   """
   op_set: OpSet
   channels: int
@@ -121,6 +241,7 @@ class SearchCell(nn.Module):
   reduction: bool = False
   affine: bool = False
   train: bool = True
+  scan_nodes: bool = True
 
   @nn.compact
   def __call__(self, inputs: Sequence[jnp.ndarray], weights: jnp.ndarray) -> List[jnp.ndarray]:
@@ -132,23 +253,36 @@ class SearchCell(nn.Module):
                        f"got {weights.shape}")
     states = list(inputs)
     partial = [None] * self.n_nodes
-    for g, (sources, edges) in enumerate(edge_groups(self.n_inputs, self.n_nodes)):
+    groups = edge_groups(self.n_inputs, self.n_nodes)
+    if self.scan_nodes and self.n_nodes > 1:
+      out = self._group(states, groups[0], 0, weights)  # destinations: every node, in order
+      out = NodeEdges(self.op_set, self.channels, self.n_inputs, self.n_nodes, self.affine,
+                      self.train, name="edges_from_nodes")(out, weights)
+      return list(out)
+    for g, group in enumerate(groups):
+      sources, edges = group
       dests = sorted({j for _, j in edges})
-      rows = np.array([edge_index(self.n_inputs, j, s) for s, j in edges])
-      route = np.zeros((len(edges), len(dests)), np.float32)
-      for e, (_, j) in enumerate(edges):
-        route[e, dests.index(j)] = 1.0
-      if len(sources) == 1:
-        xs = states[sources[0]][None]
-        xs = jnp.broadcast_to(xs, (len(edges),) + xs.shape[1:])
-      else:
-        xs = jnp.stack([states[s] for s, _ in edges])
-      mix = weights[rows][:, :, None] * route[:, None, :]
-      stride = 2 if (self.reduction and g == 0) else 1
-      out = MixedEdges(self.op_set, self.channels, stride, self.affine, self.train,
-                       name=f"edges_from_{'inputs' if g == 0 else f'node{g - 1}'}")(xs, mix)
+      out = self._group(states, group, g, weights)
       for d, j in enumerate(dests):
         partial[j] = out[d] if partial[j] is None else partial[j] + out[d]
       # Node g's sum is complete once every earlier source has contributed.
       states.append(partial[g])
     return states[self.n_inputs:]
+
+  def _group(self, states, group, g, weights):
+    """The mixed edges of one group, summed per destination node: ``[D, B, H, W, C]``."""
+    sources, edges = group
+    dests = sorted({j for _, j in edges})
+    rows = np.array([edge_index(self.n_inputs, j, s) for s, j in edges])
+    route = np.zeros((len(edges), len(dests)), np.float32)
+    for e, (_, j) in enumerate(edges):
+      route[e, dests.index(j)] = 1.0
+    if len(sources) == 1:
+      xs = states[sources[0]][None]
+      xs = jnp.broadcast_to(xs, (len(edges),) + xs.shape[1:])
+    else:
+      xs = jnp.stack([states[s] for s, _ in edges])
+    mix = weights[rows][:, :, None] * route[:, None, :]
+    stride = 2 if (self.reduction and g == 0) else 1
+    return MixedEdges(self.op_set, self.channels, stride, self.affine, self.train,
+                      name=f"edges_from_{'inputs' if g == 0 else f'node{g - 1}'}")(xs, mix)
