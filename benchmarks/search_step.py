@@ -39,6 +39,8 @@ def main():
   p.add_argument("--steps", type=int, default=5)
   p.add_argument("--cache", default="")
   p.add_argument("--label", default="")
+  p.add_argument("--unroll-nodes", action="store_true",
+                 help="one op group per source node instead of the scan over node-to-node edges")
   p.add_argument("--separate-passes", action="store_true",
                  help="first order: two forward-backward graphs instead of one shared scan body")
   a = p.parse_args()
@@ -48,9 +50,10 @@ def main():
 
   if a.space == "darts":
     model = DartsSearchNet(channels=a.channels, layers=a.layers, nodes=a.nodes,
-                           multiplier=a.nodes)
+                           multiplier=a.nodes, scan_nodes=not a.unroll_nodes)
   else:
-    model = NB201SearchNet(channels=a.channels, cells_per_stage=a.layers)
+    model = NB201SearchNet(channels=a.channels, cells_per_stage=a.layers,
+                           scan_nodes=not a.unroll_nodes)
   strategy = darts(order=a.order)
   weight_tx, _ = search.darts_weight_optimizer(total_steps=1000)
   arch_tx = search.darts_arch_optimizer()
@@ -92,6 +95,7 @@ def main():
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "space": a.space, "channels": a.channels, "layers": a.layers, "nodes": a.nodes,
       "batch": a.batch, "order": a.order, "shared_passes": not a.separate_passes,
+      "scan_nodes": not a.unroll_nodes,
       "init_s": round(init_s, 2), "trace_s": round(trace_s, 2), "compile_s": round(compile_s, 2),
       "step_ms_median": round(1e3 * statistics.median(times), 1),
       "step_ms_min": round(1e3 * min(times), 1),

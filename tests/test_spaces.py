@@ -87,3 +87,37 @@ def test_user_op_set_and_node_count_need_no_library_edits():
     logits, _ = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(
         v, x)
     assert logits.shape == (2, 10)
+
+
+def _unstack_stages(tree, n):
+  """Scanned NB201 variables (``stageS_cells/cell`` stacked over cells) -> unrolled names."""
+  out = {}
+  for name, sub in tree.items():
+    if name.endswith("_cells"):
+      stage = name[:-len("_cells")]
+      for i in range(n):
+        out[f"{stage}_cell{i}"] = jax.tree.map(lambda a, i=i: a[i], sub["cell"])
+    else:
+      out[name] = sub
+  return out
+
+
+def test_nb201_scanned_stages_equal_unrolled_cells():
+  kw = dict(num_classes=3, channels=4, cells_per_stage=2)
+  scanned, unrolled = NB201SearchNet(**kw), NB201SearchNet(scan_cells=False, **kw)
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+  w = {"cell": jax.nn.softmax(jax.random.normal(jax.random.key(1), (6, 5)), -1)}
+  v = jax.jit(scanned.init)(fast_init_key(jax.random.key(2)), x)
+  # Each scanned cell has its own weights (stacked, not shared).
+  kernel = jax.tree.leaves(v["params"]["stage0_cells"])[0]
+  assert kernel.shape[0] == 2 and not np.allclose(kernel[0], kernel[1])
+  v2 = {k: _unstack_stages(v[k], 2) for k in ("params", "batch_stats")}
+  assert _count(v2["params"]) == _count(jax.eval_shape(unrolled.init, jax.random.key(2),
+                                                       x)["params"])
+  apply = lambda m, v: m.apply(v, x, w, train=True, mutable=["batch_stats"])
+  got, got_stats = jax.jit(lambda v: apply(scanned, v))(v)
+  want, want_stats = jax.jit(lambda v: apply(unrolled, v))(v2)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(_unstack_stages(got_stats["batch_stats"], 2)),
+                  jax.tree.leaves(want_stats["batch_stats"])):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -44,6 +44,7 @@ class DartsSearchNet(nn.Module):
   stem_multiplier: int = 3
   op_set: OpSet = DARTS
   affine: bool = False
+  scan_nodes: bool = True  # see SearchCell
 
   def arch_shapes(self) -> Dict[str, Tuple[int, int]]:
     shape = (cell_lib.edge_count(2, self.nodes), len(self.op_set.ops))
@@ -75,7 +76,7 @@ class DartsSearchNet(nn.Module):
       p1 = layers.ReLUConvBN(c, 1, affine=self.affine, name=f"cell{i}_pre1")(s1, train)
       nodes = cell_lib.SearchCell(
           self.op_set, c, n_inputs=2, n_nodes=self.nodes, reduction=reduction,
-          affine=self.affine, train=train, name=f"cell{i}")(
+          affine=self.affine, train=train, scan_nodes=self.scan_nodes, name=f"cell{i}")(
               [p0, p1], op_weights["reduce" if reduction else "normal"])
       s0, s1 = s1, jnp.concatenate(nodes[-self.multiplier:], axis=-1)
       reduction_prev = reduction

@@ -37,14 +37,38 @@ class ResNetBasicBlock(nn.Module):
     return x + y
 
 
+class _CellLayer(nn.Module):
+  """One searched cell as a scan step: ``(x, weights) -> (last node, None)``."""
+  op_set: OpSet
+  channels: int
+  nodes: int
+  affine: bool
+  train: bool
+  scan_nodes: bool
+
+  @nn.compact
+  def __call__(self, x, weights):
+    nodes = cell_lib.SearchCell(self.op_set, self.channels, n_inputs=1, n_nodes=self.nodes,
+                                affine=self.affine, train=self.train,
+                                scan_nodes=self.scan_nodes, name="cell")([x], weights)
+    return nodes[-1], None
+
+
 class NB201SearchNet(nn.Module):
-  """The NAS-Bench-201 supernet; call with ``op_weights={"cell": [6, 5]}``."""
+  """The NAS-Bench-201 supernet; call with ``op_weights={"cell": [6, 5]}``.
+
+  The cells of a stage have equal shapes and share alpha, so by default (``scan_cells``) each
+  stage is one ``nn.scan`` over its cells with weights stacked along a leading cell axis: XLA
+  compiles one cell per stage instead of ``cells_per_stage``.
+  """
   num_classes: int = 10
   channels: int = 16
   cells_per_stage: int = 5
   nodes: int = 3
   op_set: OpSet = NB201
   affine: bool = False
+  scan_nodes: bool = True  # see SearchCell
+  scan_cells: bool = True
 
   def arch_shapes(self) -> Dict[str, Tuple[int, int]]:
     return {"cell": (cell_lib.edge_count(1, self.nodes), len(self.op_set.ops))}
@@ -63,9 +87,17 @@ class NB201SearchNet(nn.Module):
       if stage > 0:
         c *= 2
         x = ResNetBasicBlock(c, 2, name=f"reduce{stage}")(x, train)
+      if self.scan_cells:
+        cells = nn.scan(_CellLayer, variable_axes={"params": 0, "batch_stats": 0},
+                        split_rngs={"params": True}, in_axes=nn.broadcast,
+                        length=self.cells_per_stage)
+        x, _ = cells(self.op_set, c, self.nodes, self.affine, train, self.scan_nodes,
+                     name=f"stage{stage}_cells")(x, op_weights["cell"])
+        continue
       for i in range(self.cells_per_stage):
         nodes = cell_lib.SearchCell(self.op_set, c, n_inputs=1, n_nodes=self.nodes,
                                     affine=self.affine, train=train,
+                                    scan_nodes=self.scan_nodes,
                                     name=f"stage{stage}_cell{i}")([x], op_weights["cell"])
         x = nodes[-1]
     x = nn.relu(layers.batch_norm(train, affine=True, name="lastact")(x))
