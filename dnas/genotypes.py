@@ -75,7 +75,7 @@ class NB201Genotype(NamedTuple):
       edges = []
       for item in part[1:-1].split("|"):
         op, sep, src = item.partition("~")
-        if not sep or not src.isdigit():
+        if not sep or not (src.isascii() and src.isdigit()):  # int() takes other digits too
           raise GenotypeError(f"{where}: edge {item!r} of node {i + 1} is not 'op~source'")
         edges.append((op, int(src)))
       nodes.append(tuple(edges))
@@ -178,12 +178,14 @@ def save(g: Genotype, path: str) -> None:
 def load(path: str) -> Genotype:
   """Reads a genotype JSON file; errors name the file and the field."""
   try:
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
       obj = json.load(f)
   except FileNotFoundError:
     raise GenotypeError(f"genotype file not found: {path}") from None
-  except json.JSONDecodeError as e:
-    raise GenotypeError(f"{path}: not valid JSON ({e})") from None
+  except OSError as e:  # a folder, no permission
+    raise GenotypeError(f"{path}: cannot be read ({e.strerror or e})") from None
+  except (ValueError, RecursionError) as e:  # bad JSON, bad UTF-8, nested too deep
+    raise GenotypeError(f"{path}: not valid JSON ({type(e).__name__}: {e})") from None
   return from_json(obj, where=path)
 
 

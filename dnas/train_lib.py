@@ -13,13 +13,19 @@ data, builds the supernet, strategy and optimizers, and steps ``make_search_step
     plots/               the cells (PNG, PDF, DOT) and the op-weight heatmap
 
 Running it again on the same folder resumes from the checkpoint; batches are pure functions of
-``(seed, step)``, so a resumed run ends where an uninterrupted one does.
+``(seed, step)``, so a resumed run ends where an uninterrupted one does, bit for bit, however it
+was stopped (``tests/test_robustness.py`` kills it). Every file is written atomically; what a
+killed run logged after its last checkpoint is dropped on resume and logged again. SIGTERM or
+SIGINT stops the loop after the current step, checkpoints, prints how to resume and returns
+normally (``dnas search`` and ``dnas train`` exit with status 0).
 """
 
 from __future__ import annotations
 
 import functools
+import glob
 import json
+import math
 import os
 import signal
 import sys
@@ -63,33 +69,88 @@ def _check(cond: bool, key: str, msg: str) -> None:
     raise ConfigError(f"config.{key}: {msg}")
 
 
+def _value(c: ml_collections.ConfigDict, key: str) -> Any:
+  for part in key.split("."):
+    c = c[part]
+  return c
+
+
+def _int(c, key: str, low: int, why: str = "") -> int:
+  """An int (not a bool, not a float) >= ``low``."""
+  v = _value(c, key)
+  _check(isinstance(v, (int, np.integer)) and not isinstance(v, bool), key,
+         f"must be an int, got {v!r}")
+  _check(v >= low, key, f"must be >= {low}{why}, got {v}")
+  return v
+
+
+def _real(c, key: str, low: float, high: float = float("inf"), *, low_open: bool = False,
+          high_open: bool = True) -> float:
+  """A finite number in the interval from ``low`` to ``high``, ends open or closed as told."""
+  v = _value(c, key)
+  _check(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool), key,
+         f"must be a number, got {v!r}")
+  ok = math.isfinite(v) and (v > low if low_open else v >= low) and (
+      v < high if high_open else v <= high)
+  interval = "{}{}, {}{}".format("(" if low_open else "[", low, high, ")" if high_open else "]")
+  _check(ok, key, f"must be finite and in {interval}, got {v}")
+  return v
+
+
+def _choice(c, key: str, valid) -> str:
+  v = _value(c, key)
+  _check(isinstance(v, str) and v in valid, key, f"unknown value {v!r}; valid: {list(valid)}")
+  return v
+
+
+def _type(c, key: str, kind: type, name: str) -> None:
+  v = _value(c, key)
+  _check(isinstance(v, kind), key, f"must be {name}, got {v!r}")
+
+
+def _validate_common(c: ml_collections.ConfigDict) -> None:
+  _int(c, "seed", -2**63)
+  _type(c, "data.name", str, "a string")
+  _type(c, "data.path", str, "a string (empty: TFDS)")
+  _int(c, "data.batch_size", 1)
+  _int(c, "data.train_size", 0)
+  _int(c, "data.crop_padding", 0)
+  _type(c, "data.flip", bool, "True or False")
+  _int(c, "model.channels", 1)
+  _int(c, "log_every_steps", 1)
+  _int(c, "checkpoint_every_steps", 1)
+  _type(c, "compilation_cache_dir", str, "a string (empty: default, 'none': off)")
+
+
 def validate_search_config(c: ml_collections.ConfigDict) -> None:
-  """Fails fast, naming the key, on values no search can run with."""
-  _check(isinstance(c.seed, int), "seed", f"must be an int, got {c.seed!r}")
-  _check(c.data.batch_size >= 1, "data.batch_size", f"must be >= 1, got {c.data.batch_size}")
-  _check(0.0 < c.data.train_portion < 1.0, "data.train_portion",
-         f"must be in (0, 1), got {c.data.train_portion}")
-  _check(c.data.train_size >= 0, "data.train_size", f"must be >= 0, got {c.data.train_size}")
-  _check(c.model.space in SPACES, "model.space",
-         f"unknown space {c.model.space!r}; valid: {list(SPACES)}")
-  _check(c.model.op_set in OP_SETS, "model.op_set",
-         f"unknown op set {c.model.op_set!r}; valid: {sorted(OP_SETS)}")
-  _check(c.model.channels >= 1, "model.channels", f"must be >= 1, got {c.model.channels}")
-  _check(c.model.nodes >= 1, "model.nodes", f"must be >= 1, got {c.model.nodes}")
-  if c.model.space == "darts":
-    _check(c.model.layers >= 3, "model.layers",
-           f"the DARTS space needs >= 3 cells (two reductions and a normal cell), "
-           f"got {c.model.layers}")
+  """Fails fast, naming the key, on values no search can run with (wrong types included)."""
+  _validate_common(c)
+  if not c.data.path:
+    _check(c.data.name in data_lib.TFDS_NAMES, "data.name",
+           f"unknown dataset {c.data.name!r}; valid: {list(data_lib.TFDS_NAMES)}, or set "
+           f"data.path to a local archive or folder")
+  _real(c, "data.train_portion", 0.0, 1.0, low_open=True)
+  space = _choice(c, "model.space", SPACES)
+  _choice(c, "model.op_set", sorted(OP_SETS))
+  _int(c, "model.nodes", 1)
+  if space == "darts":
+    _int(c, "model.layers", 3, " (the DARTS space needs two reductions and a normal cell)")
   else:
-    _check(c.model.layers >= 1, "model.layers", f"must be >= 1, got {c.model.layers}")
-  _check(c.search.order in (1, 2), "search.order", f"must be 1 or 2, got {c.search.order!r}")
-  _check(c.search.hessian in ("exact", "finite_difference"), "search.hessian",
-         f"must be 'exact' or 'finite_difference', got {c.search.hessian!r}")
-  _check(c.search.epochs >= 1, "search.epochs", f"must be >= 1, got {c.search.epochs}")
-  _check(c.search.learning_rate > 0, "search.learning_rate", "must be > 0")
-  _check(c.log_every_steps >= 1, "log_every_steps", "must be >= 1")
-  _check(c.checkpoint_every_steps >= 1, "checkpoint_every_steps", "must be >= 1")
-  _check(c.max_bad_steps >= 1, "max_bad_steps", "must be >= 1")
+    _int(c, "model.layers", 1)
+  order = _int(c, "search.order", 1)
+  _check(order <= 2, "search.order", f"must be 1 or 2, got {order}")
+  _choice(c, "search.hessian", ("exact", "finite_difference"))
+  _int(c, "search.epochs", 1)
+  _real(c, "search.learning_rate", 0.0, low_open=True)
+  _real(c, "search.min_learning_rate", 0.0)
+  _real(c, "search.momentum", 0.0, 1.0)
+  if "nesterov" in c.search:
+    _type(c, "search.nesterov", bool, "True or False")
+  _real(c, "search.weight_decay", 0.0)
+  _real(c, "search.grad_clip", 0.0)  # 0: no clipping
+  _real(c, "search.arch_learning_rate", 0.0, low_open=True)
+  _real(c, "search.arch_weight_decay", 0.0)
+  _int(c, "max_bad_steps", 1)
 
 
 def enable_compilation_cache(path: str) -> Optional[str]:
@@ -190,6 +251,31 @@ class _Stopper:
   def __exit__(self, *exc):
     for s, h in self._old.items():
       signal.signal(s, h)
+
+
+def _start_clean(workdir: str, step: int) -> None:
+  """Undoes what a killed run wrote after its last checkpoint (at ``step``; 0: none).
+
+  Those steps run again, so their ``metrics.jsonl`` lines would appear twice; and a kill in the
+  middle of an atomic write leaves its temporary file (``.NAME.*.tmp``) behind.
+  """
+  for tmp in glob.glob(os.path.join(workdir, ".*.tmp")) + glob.glob(
+      os.path.join(workdir, "plots", ".*.tmp")):
+    os.unlink(tmp)
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.read().splitlines()
+  keep = []
+  for line in lines:
+    try:
+      if json.loads(line)["step"] <= step:
+        keep.append(line)
+    except (ValueError, KeyError, TypeError):  # a line cut short
+      pass
+  if len(keep) < len(lines):
+    io.atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
 def _save_checkpoint(path: str, state, history: Dict[str, list]) -> None:
@@ -297,6 +383,7 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
   if os.path.exists(ckpt):
     state, history = _load_checkpoint(ckpt, state)
     print(f"resuming {workdir} from step {int(state.step)}", flush=True)
+  _start_clean(workdir, int(state.step))
   init_s = time.time() - t0
 
   batch_fn = jax.jit(functools.partial(
@@ -393,23 +480,33 @@ OPTIMIZERS = ("darts_cifar", "darts_imagenet", "nb201")
 
 
 def validate_train_config(c: ml_collections.ConfigDict, genotype) -> None:
-  """Fails fast, naming the key, on values no retraining can run with."""
-  _check(isinstance(c.seed, int), "seed", f"must be an int, got {c.seed!r}")
-  _check(c.data.batch_size >= 1, "data.batch_size", f"must be >= 1, got {c.data.batch_size}")
-  _check(c.data.train_size >= 0, "data.train_size", f"must be >= 0, got {c.data.train_size}")
-  _check(c.data.cutout >= 0, "data.cutout", f"must be >= 0, got {c.data.cutout}")
-  _check(c.model.space in TRAIN_SPACES, "model.space",
-         f"unknown network {c.model.space!r}; valid: {list(TRAIN_SPACES)}")
-  _check(c.model.channels >= 1, "model.channels", f"must be >= 1, got {c.model.channels}")
-  _check(c.model.layers >= (1 if c.model.space == "nb201" else 3), "model.layers",
-         f"too few cells for two reductions: {c.model.layers}")
-  _check(c.train.epochs >= 1, "train.epochs", f"must be >= 1, got {c.train.epochs}")
-  _check(c.train.optimizer in OPTIMIZERS, "train.optimizer",
-         f"unknown optimizer {c.train.optimizer!r}; valid: {list(OPTIMIZERS)}")
-  _check(0.0 <= c.train.drop_path_prob < 1.0, "train.drop_path_prob", "must be in [0, 1)")
-  _check(c.train.compute_dtype in ("auto", "float32", "bfloat16"), "train.compute_dtype",
-         f"must be 'auto', 'float32' or 'bfloat16', got {c.train.compute_dtype!r}")
-  want = "nb201" if c.model.space == "nb201" else "darts"
+  """Fails fast, naming the key, on values no retraining can run with (wrong types included)."""
+  _validate_common(c)
+  _int(c, "data.eval_batch_size", 1)
+  _int(c, "data.test_size", 0)
+  _int(c, "data.cutout", 0)
+  space = _choice(c, "model.space", TRAIN_SPACES)
+  if space == "nb201":
+    _int(c, "model.layers", 1)
+  else:
+    _int(c, "model.layers", 3, " (two reductions and a normal cell)")
+  _type(c, "model.auxiliary", bool, "True or False")
+  _int(c, "train.epochs", 1)
+  _choice(c, "train.optimizer", OPTIMIZERS)
+  _real(c, "train.learning_rate", 0.0, low_open=True)
+  _real(c, "train.min_learning_rate", 0.0)
+  if "lr_decay_rate" in c.train:
+    _real(c, "train.lr_decay_rate", 0.0, 1.0, low_open=True, high_open=False)
+  _real(c, "train.momentum", 0.0, 1.0)
+  _real(c, "train.weight_decay", 0.0)
+  _real(c, "train.grad_clip", 0.0)  # 0: no clipping
+  _type(c, "train.nesterov", bool, "True or False")
+  _real(c, "train.aux_weight", 0.0)
+  _real(c, "train.drop_path_prob", 0.0, 1.0)
+  _real(c, "train.label_smoothing", 0.0, 1.0)
+  _choice(c, "train.compute_dtype", ("auto", "float32", "bfloat16"))
+  _int(c, "eval_every_epochs", 1)
+  want = "nb201" if space == "nb201" else "darts"
   if genotype.space != want:
     raise ConfigError(f"genotype is of the {genotype.space!r} space but config.model.space="
                       f"{c.model.space!r} builds a {want!r}-space network")
@@ -509,6 +606,7 @@ def run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
   if os.path.exists(ckpt):
     state = _load_train_checkpoint(ckpt, state)
     print(f"resuming {workdir} from step {int(state.step)}", flush=True)
+  _start_clean(workdir, int(state.step))
   init_s = time.time() - t0
   train_step = retrain.make_train_step(model, tx, aux_weight=c.train.aux_weight,
                                        label_smoothing=c.train.label_smoothing,
