@@ -41,8 +41,6 @@ def main():
   p.add_argument("--label", default="")
   p.add_argument("--unroll-nodes", action="store_true",
                  help="one op group per source node instead of the scan over node-to-node edges")
-  p.add_argument("--separate-passes", action="store_true",
-                 help="first order: two forward-backward graphs instead of one shared scan body")
   a = p.parse_args()
   if a.cache:
     jax.config.update("jax_compilation_cache_dir", a.cache)
@@ -67,8 +65,7 @@ def main():
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t
 
-  step = search.make_search_step(model, strategy, weight_tx, arch_tx,
-                                 share_passes=not a.separate_passes)
+  step = search.make_search_step(model, strategy, weight_tx, arch_tx)
   t = time.perf_counter()
   lowered = step.lower(state, batch, batch)
   trace_s = time.perf_counter() - t
@@ -94,8 +91,7 @@ def main():
       "host": platform.node(), "jax": jax.__version__,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "space": a.space, "channels": a.channels, "layers": a.layers, "nodes": a.nodes,
-      "batch": a.batch, "order": a.order, "shared_passes": not a.separate_passes,
-      "scan_nodes": not a.unroll_nodes,
+      "batch": a.batch, "order": a.order,       "scan_nodes": not a.unroll_nodes,
       "init_s": round(init_s, 2), "trace_s": round(trace_s, 2), "compile_s": round(compile_s, 2),
       "step_ms_median": round(1e3 * statistics.median(times), 1),
       "step_ms_min": round(1e3 * min(times), 1),

@@ -98,7 +98,7 @@ def _accuracy(logits, labels):
 
 
 def make_search_step(model: nn.Module, strategy: Strategy, weight_tx, arch_tx, *,
-                     jit: bool = True, share_passes: bool = True) -> Callable[[SearchState, Batch, Batch], Any]:
+                     jit: bool = True) -> Callable[[SearchState, Batch, Batch], Any]:
   """Builds the bilevel search step.
 
   Args:
@@ -108,10 +108,6 @@ def make_search_step(model: nn.Module, strategy: Strategy, weight_tx, arch_tx, *
     weight_tx: optax transformation for the weights (train split).
     arch_tx: optax transformation for alpha (validation split).
     jit: compile the step with the state donated (turn off only for debugging).
-    share_passes: for a first-order strategy with equal train and validation batch shapes, run
-      one forward-backward body twice in a ``lax.scan`` (arch step, then weight step) instead
-      of two separate passes: the same updates, about half the compile time.
-
   Returns:
     ``search_step(state, batch_train, batch_val) -> (state, metrics)``; ``metrics`` holds scalar
     arrays (``train_loss``, ``train_acc``, ``val_loss``, ``val_acc``, ``grad_norm``,
@@ -128,7 +124,7 @@ def make_search_step(model: nn.Module, strategy: Strategy, weight_tx, arch_tx, *
     state, metrics = step(state, batch_train, batch_val)
   """
 
-  def separate_passes(state, loss_fn, batch_train, batch_val, arch_key, weight_key):
+  def two_passes(state, loss_fn, batch_train, batch_val, arch_key, weight_key):
     # 1. Architecture step on the validation batch.
     problem = BilevelProblem(loss_fn, weight_tx, state.weight_opt_state, batch_train, batch_val)
     arch_grads, aux = strategy.arch_grad(problem, state.params, state.arch,
@@ -145,49 +141,12 @@ def make_search_step(model: nn.Module, strategy: Strategy, weight_tx, arch_tx, *
     return (arch, arch_opt_state, arch_grads, aux["val_loss"], aux["val_logits"],
             grads, train_loss, batch_stats, logits)
 
-  def shared_pass(state, loss_fn, batch_train, batch_val, arch_key, weight_key):
-    # First order: both updates need the gradient of loss(params, mix(arch), batch), the arch
-    # step on the validation batch and then the weight step on the training batch at the new
-    # alpha. One scan of length 2 runs the same forward-backward body for both, so XLA compiles
-    # the network's forward and backward pass once instead of twice. Each pass also computes
-    # the gradient the other needs (weights on the validation batch, alpha on the training
-    # batch), which is discarded: a little extra compute for half the compile time.
-    def body(carry, xs):
-      arch, arch_opt_state = carry
-      i, batch, key = xs
-
-      def f(params, arch):
-        return loss_fn(params, strategy.mix(arch, state.strategy_state, key), batch)
-
-      (loss, (batch_stats, logits)), (g_params, g_arch) = jax.value_and_grad(
-          f, argnums=(0, 1), has_aux=True)(state.params, arch)
-      if strategy.regularizer is not None:
-        g_arch = jax.tree.map(jnp.add, g_arch, jax.grad(strategy.regularizer)(arch))
-      updates, new_opt_state = arch_tx.update(g_arch, arch_opt_state, arch)
-      new = (optax.apply_updates(arch, updates), new_opt_state)
-      carry = jax.tree.map(lambda n, o: jnp.where(i == 0, n, o), new, (arch, arch_opt_state))
-      return carry, (loss, logits, batch_stats, g_params, g_arch)
-
-    batches = jax.tree.map(lambda v, t: jnp.stack([v, t]), batch_val, batch_train)
-    keys = jnp.stack([arch_key, weight_key])
-    (arch, arch_opt_state), (losses, logits, batch_stats, g_params, g_arch) = jax.lax.scan(
-        body, (state.arch, state.arch_opt_state), (jnp.arange(2), batches, keys))
-    first, second = (lambda t: jax.tree.map(lambda x: x[0], t)), \
-        (lambda t: jax.tree.map(lambda x: x[1], t))
-    return (arch, arch_opt_state, first(g_arch), losses[0], logits[0], second(g_params),
-            losses[1], second(batch_stats), logits[1])
-
   def search_step(state: SearchState, batch_train: Batch, batch_val: Batch):
     key = jax.random.fold_in(state.key, state.step)
     arch_key, weight_key = jax.random.split(key)
     loss_fn = make_loss_fn(model, state.batch_stats)
-    same_shapes = (jax.tree.structure(batch_train) == jax.tree.structure(batch_val) and all(
-        a.shape == b.shape and a.dtype == b.dtype
-        for a, b in zip(jax.tree.leaves(batch_train), jax.tree.leaves(batch_val))))
-    passes = shared_pass if (share_passes and strategy.first_order and same_shapes) \
-        else separate_passes
     (arch, arch_opt_state, arch_grads, val_loss, val_logits, grads, train_loss, batch_stats,
-     logits) = passes(state, loss_fn, batch_train, batch_val, arch_key, weight_key)
+     logits) = two_passes(state, loss_fn, batch_train, batch_val, arch_key, weight_key)
     updates, weight_opt_state = weight_tx.update(grads, state.weight_opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
 

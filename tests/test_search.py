@@ -168,33 +168,6 @@ def test_step_compiles_once_and_updates_everything():
   assert int(metrics["skipped"]) == 0 and np.isfinite(float(metrics["train_loss"]))
 
 
-def test_shared_first_order_pass_equals_separate_passes():
-  # The first-order step runs one forward-backward body twice under lax.scan; it must give the
-  # updates of the plain two-pass step (arch on the val batch, then weights at the new alpha).
-  strategy = darts(order=1)
-  model = DartsSearchNet(num_classes=3, channels=3, layers=2, nodes=2, multiplier=2,
-                         op_set=TINY_OPS)
-  weight_tx, _ = search.darts_weight_optimizer(total_steps=10)
-  arch_tx = search.darts_arch_optimizer()
-  k1, k2, k3 = jax.random.split(jax.random.key(3), 3)
-  train = {"image": jax.random.normal(k1, (4, 8, 8, 3)), "label": jnp.array([0, 1, 2, 0])}
-  val = {"image": jax.random.normal(k2, (4, 8, 8, 3)), "label": jnp.array([2, 2, 1, 0])}
-  state = search.init_search_state(model, strategy, weight_tx, arch_tx, k3, train["image"])
-  results = []
-  for share in (True, False):
-    step = search.make_search_step(model, strategy, weight_tx, arch_tx, share_passes=share,
-                                   jit=False)
-    s, metrics = jax.jit(step)(state, train, val)
-    s, metrics = jax.jit(step)(s, val, train)
-    results.append((jax.device_get(s), jax.device_get(metrics)))
-  (shared, m_shared), (separate, m_separate) = results
-  assert not np.allclose(jax.tree.leaves(shared.arch)[0], jax.tree.leaves(state.arch)[0])
-  for a, b in zip(jax.tree.leaves(shared[:-1]), jax.tree.leaves(separate[:-1])):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-  for k in m_shared:
-    np.testing.assert_allclose(m_shared[k], m_separate[k], rtol=1e-5, atol=1e-6, err_msg=k)
-
-
 class _PoolProbe(nn.Module):
   """One mixed edge of parameter-free ops, read out at the centre pixel by a linear layer."""
   op_set: OpSet

@@ -7,9 +7,6 @@ A strategy is a NamedTuple of pure functions, in the manner of an optax ``Gradie
 * ``arch_grad(problem, params, arch, state, key) -> (grads, aux)``: alpha's gradient of the
   upper-level objective; ``aux`` holds ``val_loss`` and ``val_logits``.
 * ``regularizer(arch) -> scalar`` (optional): added to the upper-level loss.
-* ``first_order`` (flag): ``arch_grad`` is the plain gradient of the validation loss through
-  ``mix`` at the current weights. The search step may then take both gradients with one
-  compiled forward-backward pass run twice (see ``make_search_step``), halving compile time.
 
 Strategies never own an optimizer: alpha is stepped by an ordinary optax transformation.
 """
@@ -47,7 +44,6 @@ class Strategy(NamedTuple):
   arch_grad: Callable[[BilevelProblem, Params, Arch, Any, PRNGKey], Any]
   regularizer: Optional[Callable[[Arch], Any]] = None
   update_state: Optional[Callable[[Any, Any], Any]] = None
-  first_order: bool = False
 
 
 __all__ = ["BilevelProblem", "Strategy", "BatchStats"]

@@ -108,7 +108,7 @@ def darts(order: int = 1, hessian: str = "exact", fd_epsilon: float = 0.01,
     g = jax.tree.map(lambda ga, h: ga - xi * h, g_alpha, hvp)
     return g, {"val_loss": loss, "val_logits": logits}
 
-  return Strategy(init=init, mix=softmax_mix, arch_grad=arch_grad, first_order=order == 1)
+  return Strategy(init=init, mix=softmax_mix, arch_grad=arch_grad)
 
 
 def _count(opt_state):
