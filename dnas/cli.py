@@ -26,9 +26,11 @@ COMMANDS = ("search", "train", "info", "plot")
 USAGE = __doc__.split("Usage::")[1].split("A user mistake")[0]
 
 
-def _define_flags(fv: flags.FlagValues) -> None:
+def _define_flags(fv: flags.FlagValues, argv: List[str]) -> None:
+  # sys_argv: the config flag reads its --config.KEY overrides from the argv being parsed
+  # (not from sys.argv), so `main(argv)` called in-process honours them.
   config_flags.DEFINE_config_file("config", None, "experiment config file[:variant]",
-                                  flag_values=fv, lock_config=True)
+                                  flag_values=fv, lock_config=True, sys_argv=argv)
   flags.DEFINE_string("workdir", None, "run folder (created; resumed if it has a checkpoint)",
                       flag_values=fv)
   flags.DEFINE_string("genotype", None, "genotype.json path, a published genotype's name or an "
@@ -116,7 +118,7 @@ def _info(cfg, genotype_spec: Optional[str] = None) -> dict:
 def run(argv: List[str]) -> int:
   """Runs one command; returns the exit status."""
   fv = flags.FlagValues()
-  _define_flags(fv)
+  _define_flags(fv, argv)
   try:
     rest = fv(argv)
   except flags.Error as e:

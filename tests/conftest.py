@@ -16,3 +16,13 @@ def cifar10_archive():
   if not os.path.exists(path):
     pytest.skip(f"CIFAR-10 archive not found at {path} (set DNAS_CIFAR10)")
   return path
+
+
+@pytest.fixture(scope="session")
+def caches(tmp_path_factory):
+  """Decoded-data and compilation caches shared by the tests that run whole searches.
+
+  Sharing them decodes the archive once per session and lets later runs of the same smoke
+  config reuse earlier compilations, as a user's second run does.
+  """
+  return tmp_path_factory.mktemp("caches")

@@ -22,11 +22,6 @@ NB201_CONFIG = os.path.join(REPO, "experiments", "nb201_darts_cifar10.py")
 IMAGENET_CONFIG = os.path.join(REPO, "experiments", "train_imagenet.py")
 
 
-@pytest.fixture(scope="module")
-def caches(tmp_path_factory):
-  return tmp_path_factory.mktemp("caches")
-
-
 @pytest.fixture
 def fast_compile():
   """XLA with most optimizations off: these tests run a few steps, compiling dominates."""
@@ -73,14 +68,6 @@ def _event_scalars(workdir):
         out.setdefault(v.tag, []).append((event.step, v.simple_value))
     assert pos == len(raw), f"{path}: truncated record"
   return out
-
-
-def _smoke(archive, caches, **overrides):
-  c = _config(CONFIG, "smoke", archive, caches)
-  c.data.train_size = 128     # 4 steps per epoch at batch 16
-  c.checkpoint_every_steps = 2
-  c.update_from_flattened_dict(overrides)
-  return c
 
 
 def _cli(*args, cwd=REPO):
@@ -209,18 +196,6 @@ def test_imagenet_recipe_smoke(cifar10_archive, tmp_path, caches, fast_compile):
   np.testing.assert_allclose([lr[0], lr[1]], [0.1, 0.1 * 0.97], rtol=1e-6)  # x0.97 per epoch
   assert all(np.isfinite(l["loss"]) for l in lines if "loss" in l)
   assert "train/learning_rate" in _event_scalars(work)
-
-
-def test_resumed_search_equals_uninterrupted(cifar10_archive, tmp_path, caches):
-  full = train_lib.run_search(_smoke(cifar10_archive, caches), str(tmp_path / "full"))
-  part = train_lib.run_search(_smoke(cifar10_archive, caches), str(tmp_path / "part"),
-                              stop_after_steps=3)
-  assert part == {"step": 3, "stopped": True}
-  resumed = train_lib.run_search(_smoke(cifar10_archive, caches), str(tmp_path / "part"))
-  assert resumed["step"] == full["step"] == 8
-  for k in full["op_weights"]:
-    np.testing.assert_array_equal(resumed["op_weights"][k], full["op_weights"][k])
-  assert resumed["genotype"] == full["genotype"]
 
 
 @pytest.mark.parametrize("args,needle", [

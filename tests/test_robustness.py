@@ -59,11 +59,6 @@ TINY_GENOTYPE = genotypes.darts(normal=[("sep_conv_3x3", 0), ("skip_connect", 1)
                                 normal_concat=(2,), reduce_concat=(2,))
 
 
-@pytest.fixture(scope="module")
-def caches(tmp_path_factory):
-  return tmp_path_factory.mktemp("caches")
-
-
 def _env():
   return dict(os.environ, JAX_PLATFORMS="cpu")
 
@@ -625,7 +620,7 @@ def test_cli_bad_values_exit_2_without_traceback(args, needle, capsys, monkeypat
   if command == "train" and "--genotype" not in rest:
     argv += ["--genotype", "DARTS_V2"]
   argv += rest
-  # ml_collections reads override flags from sys.argv, as a real command line has them.
+  # As on a real command line, sys.argv holds the same words (main reads its argv argument).
   monkeypatch.setattr(sys, "argv", argv)
   with pytest.raises(SystemExit) as e:
     cli.main(argv)
