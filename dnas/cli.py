@@ -115,6 +115,33 @@ def _info(cfg, genotype_spec: Optional[str] = None) -> dict:
   return info
 
 
+def _unknown_override(fv, argv, err) -> str:
+  """Names the first --config.KEY override whose KEY the config lacks."""
+  del fv
+  base = [a for a in argv if not a.startswith("--config.")]
+  try:  # the config as the file gives it, to list the keys it does have
+    fv_base = flags.FlagValues()
+    _define_flags(fv_base, base)
+    fv_base(base)
+    cfg = fv_base.config
+  except Exception:  # pylint: disable=broad-except
+    cfg = None
+  for arg in argv:
+    if not arg.startswith("--config."):
+      continue
+    path = arg[len("--config."):].split("=", 1)[0].split(".")
+    node = cfg
+    for i, part in enumerate(path):
+      if node is None or not hasattr(node, "keys"):
+        break
+      if part not in node:
+        where = ".".join(path[:i]) or "the config"
+        return (f"unknown config key {'.'.join(path)!r}: {where} has "
+                f"{sorted(node.keys())}")
+      node = node[part]
+  return f"unknown config key in the overrides: {err}"
+
+
 def run(argv: List[str]) -> int:
   """Runs one command; returns the exit status."""
   fv = flags.FlagValues()
@@ -128,6 +155,9 @@ def run(argv: List[str]) -> int:
       lines = [l for l in msg.splitlines() if l.strip()]
       msg = f"{lines[0]} {lines[-1]}"
     raise UsageError(msg) from None
+  except (AttributeError, KeyError) as e:
+    # ml_collections raises these for an override of a key the config lacks.
+    raise UsageError(_unknown_override(fv, argv, e)) from None
   if len(rest) != 2 or rest[1] not in COMMANDS:
     raise UsageError(f"expected one command out of {list(COMMANDS)}, got {rest[1:]}\n"
                      f"usage:{USAGE}")
