@@ -7,6 +7,8 @@ Usage::
   dnas info   --config experiments/darts_cifar10.py[:VARIANT] [--json]
   dnas info   --config experiments/train_cifar10.py[:VARIANT] --genotype FILE_OR_NAME [--json]
   dnas plot   --workdir DIR | --genotype FILE_OR_NAME [--out DIR]
+  dnas bench  search --config experiments/darts_cifar10.py[:VARIANT] [--steps N] [--json]
+  dnas bench  train  --config experiments/train_cifar10.py[:VARIANT] --genotype NAME [--dtypes float32,bfloat16]
 
 A user mistake (unknown flag or config key, a bad value, a missing file) prints one ``error:``
 line and exits with status 2; no traceback.
@@ -22,7 +24,7 @@ from typing import List, Optional
 from absl import flags
 from ml_collections import config_flags
 
-COMMANDS = ("search", "train", "info", "plot")
+COMMANDS = ("search", "train", "info", "plot", "bench")
 USAGE = __doc__.split("Usage::")[1].split("A user mistake")[0]
 
 
@@ -38,6 +40,9 @@ def _define_flags(fv: flags.FlagValues, argv: List[str]) -> None:
                       flag_values=fv)
   flags.DEFINE_string("out", None, "output folder for `plot --genotype`", flag_values=fv)
   flags.DEFINE_bool("json", False, "print JSON", flag_values=fv)
+  flags.DEFINE_integer("steps", 10, "`bench`: steps timed after compiling", flag_values=fv)
+  flags.DEFINE_string("dtypes", None, "`bench train`: comma-separated compute dtypes "
+                      "(default: the config's train.compute_dtype)", flag_values=fv)
 
 
 class UsageError(Exception):
@@ -142,6 +147,37 @@ def _unknown_override(fv, argv, err) -> str:
   return f"unknown config key in the overrides: {err}"
 
 
+def _bench(fv: flags.FlagValues, what: str) -> int:
+  if what not in ("search", "train"):
+    raise UsageError(f"bench takes `search` or `train`, got {what!r}")
+  if fv.config is None:
+    raise UsageError(f"bench {what} needs --config")
+  if fv.steps < 1:
+    raise UsageError(f"--steps must be >= 1, got {fv.steps}")
+  from dnas import bench  # pylint: disable=g-import-not-at-top
+  cfg = fv.config
+  if cfg.data.name not in _DATA_SHAPES:
+    raise UsageError(f"bench: data.name {cfg.data.name!r} is not one of {list(_DATA_SHAPES)}")
+  num_classes, shape = _DATA_SHAPES[cfg.data.name]
+  if what == "search":
+    rows = [bench.bench_search(cfg, fv.steps, num_classes, shape)]
+  else:
+    if not fv.genotype:
+      raise UsageError("bench train needs --genotype")
+    dtypes = fv.dtypes.split(",") if fv.dtypes else None
+    for d in dtypes or []:
+      if d not in ("float32", "bfloat16", "auto"):
+        raise UsageError(f"--dtypes: {d!r} is not one of ['float32', 'bfloat16', 'auto']")
+    rows = bench.bench_train(cfg, _load_genotype(fv.genotype), fv.steps, num_classes, shape,
+                             dtypes)
+  for r in rows:
+    print(json.dumps(r) if fv.json else
+          f"{r['benchmark']} {r.get('dtype', '')} on {r['device']}: compile {r['compile_s']} s, "
+          f"{r['step_ms_median']} ms/step (median of {r['steps']}), "
+          f"{r['images_per_s']} images/s")
+  return 0
+
+
 def run(argv: List[str]) -> int:
   """Runs one command; returns the exit status."""
   fv = flags.FlagValues()
@@ -158,7 +194,9 @@ def run(argv: List[str]) -> int:
   except (AttributeError, KeyError) as e:
     # ml_collections raises these for an override of a key the config lacks.
     raise UsageError(_unknown_override(fv, argv, e)) from None
-  if len(rest) != 2 or rest[1] not in COMMANDS:
+  if len(rest) == 3 and rest[1] == "bench":
+    return _bench(fv, rest[2])
+  if len(rest) != 2 or rest[1] not in COMMANDS or rest[1] == "bench":
     raise UsageError(f"expected one command out of {list(COMMANDS)}, got {rest[1:]}\n"
                      f"usage:{USAGE}")
   command = rest[1]

@@ -66,6 +66,27 @@ def test_depthwise_shift_equals_grouped_conv(k, s, p, d):
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                      feature_group_count=4)
   np.testing.assert_allclose(layers.depthwise_conv_shift(x, w, s, p, d), ref, atol=1e-5)
+  # The gradients too: the search differentiates through it.
+  ct = jax.random.normal(jax.random.key(2), ref.shape)
+  grad = lambda f: jax.grad(lambda x, w: jnp.vdot(f(x, w), ct), (0, 1))(x, w)
+  got = grad(lambda x, w: layers.depthwise_conv_shift(x, w, s, p, d))
+  want = grad(lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (s, s), ((p, p), (p, p)), rhs_dilation=(d, d),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=4))
+  for g, r in zip(got, want):
+    np.testing.assert_allclose(g, r, atol=1e-4)
+
+
+@pytest.mark.parametrize("impl,want", [("conv", "conv"), ("shift", "shift"), ("auto", "shift")])
+def test_depthwise_impl_follows_the_environment(monkeypatch, impl, want):
+  monkeypatch.setenv("DNAS_DEPTHWISE", impl)
+  assert layers._depthwise_impl() == want  # auto: shift, as these tests run on the CPU
+
+
+def test_depthwise_impl_rejects_an_unknown_name(monkeypatch):
+  monkeypatch.setenv("DNAS_DEPTHWISE", "fft")
+  with pytest.raises(ValueError, match="DNAS_DEPTHWISE"):
+    layers._depthwise_impl()
 
 
 def test_avg_pool_does_not_count_padding():

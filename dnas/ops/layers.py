@@ -7,6 +7,7 @@ published networks shape for shape.
 
 from __future__ import annotations
 
+import os
 from typing import Tuple
 
 import flax.linen as nn
@@ -58,11 +59,23 @@ class Conv(nn.Module):
         dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
 
 
+DEPTHWISE_IMPLS = ("auto", "conv", "shift")
+
+
 def _depthwise_impl() -> str:
-  # XLA's CPU backend runs grouped convolutions (and their filter gradients) through a slow
-  # generic path; a sum of shifted, scaled copies is several times faster there. Accelerators
-  # keep the native depthwise convolution.
-  return "conv"
+  """How depthwise convolutions are computed: ``$DNAS_DEPTHWISE`` (auto, conv or shift).
+
+  XLA's CPU backend runs grouped convolutions (and their filter gradients) through a slow
+  generic path; a sum of shifted, scaled copies is several times faster there, so ``auto``
+  picks ``shift`` on the CPU. Accelerators keep the native depthwise convolution. Read when a
+  model is traced.
+  """
+  impl = os.environ.get("DNAS_DEPTHWISE", "auto")
+  if impl not in DEPTHWISE_IMPLS:
+    raise ValueError(f"DNAS_DEPTHWISE={impl!r} is not one of {list(DEPTHWISE_IMPLS)}")
+  if impl == "auto":
+    return "shift" if jax.default_backend() == "cpu" else "conv"
+  return impl
 
 
 def depthwise_conv_shift(x, w, stride: int, padding: int, dilation: int):

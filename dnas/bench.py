@@ -1,0 +1,126 @@
+"""Step benchmarks: compile time, step time, throughput and XLA's cost analysis of one step.
+
+``dnas bench search|train --config ... --steps N --json`` and the scripts under ``benchmarks/``
+call these. Inputs are random arrays of the dataset's shape: a step's cost does not depend on
+pixel values, so no data is read.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from typing import Any, Callable, Dict, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+# Dense bf16 peak FLOP/s of accelerators (vendor datasheets), for the achieved fraction.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def device_info() -> Dict[str, Any]:
+  dev = jax.devices()[0]
+  return {"device": f"{dev.platform}:{dev.device_kind}", "n_devices": jax.device_count(),
+          "host": platform.node(), "jax": jax.__version__}
+
+
+def time_step(step: Callable, args: Sequence[Any], steps: int,
+              carry: Callable[[Any, Sequence[Any]], Sequence[Any]]) -> Dict[str, Any]:
+  """Compiles ``step`` for ``args`` and times ``steps`` calls after one untimed call.
+
+  Args:
+    step: a jitted function.
+    args: its arguments for the first call.
+    steps: calls to time.
+    carry: ``carry(outputs, args) -> args`` for the next call (a step donates its state, so
+      the next call must take the state it returned).
+
+  Returns:
+    ``compile_s``, ``step_ms_median``, ``step_ms_min``, XLA's ``flops`` and
+    ``bytes_accessed`` for one call, and ``peak_mem_bytes`` where the backend reports it.
+  """
+  if steps < 1:
+    raise ValueError(f"steps must be >= 1, got {steps}")
+  t = time.perf_counter()
+  compiled = step.lower(*args).compile()
+  compile_s = time.perf_counter() - t
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # one dict per device in older JAX
+    cost = cost[0] if cost else {}
+  cost = cost or {}
+  times = []
+  for _ in range(steps + 1):
+    t = time.perf_counter()
+    out = compiled(*args)
+    jax.block_until_ready(out)
+    times.append(time.perf_counter() - t)
+    args = carry(out, args)
+  times = times[1:]  # the first call includes one-off allocation
+  mem = jax.devices()[0].memory_stats() or {}
+  median = statistics.median(times)
+  flops = cost.get("flops")
+  result = {"compile_s": round(compile_s, 2), "step_ms_median": round(1e3 * median, 2),
+            "step_ms_min": round(1e3 * min(times), 2), "steps": steps,
+            "flops": flops, "bytes_accessed": cost.get("bytes accessed"),
+            "peak_mem_bytes": mem.get("peak_bytes_in_use")}
+  kind = jax.devices()[0].device_kind
+  peak = next((v for k, v in PEAK_FLOPS.items() if k in kind), None)
+  result["peak_fraction"] = (round(flops / median / peak, 4)
+                             if flops and peak else None)
+  return result
+
+
+def _random_batch(key, batch: int, shape, num_classes: int):
+  return {"image": jax.random.normal(key, (batch,) + tuple(shape)),
+          "label": jnp.arange(batch) % num_classes}
+
+
+def bench_search(config, steps: int, num_classes: int, image_shape) -> Dict[str, Any]:
+  """Times the search step a search config builds (``dnas.train_lib.run_search``'s step)."""
+  from dnas import search, train_lib  # pylint: disable=g-import-not-at-top
+  from dnas.strategies import darts  # pylint: disable=g-import-not-at-top
+  c = config
+  train_lib.validate_search_config(c)
+  model = train_lib.build_search_model(c, num_classes)
+  weight_tx, schedule = train_lib._search_weight_optimizer(c, 10_000)  # pylint: disable=protected-access
+  arch_tx = search.darts_arch_optimizer(c.search.arch_learning_rate,
+                                        weight_decay=c.search.arch_weight_decay)
+  strategy = darts(order=c.search.order, hessian=c.search.hessian, learning_rate=schedule)
+  key = jax.random.key(c.seed)
+  batch = _random_batch(key, c.data.batch_size, image_shape, num_classes)
+  state = jax.jit(lambda k: search.init_search_state(model, strategy, weight_tx, arch_tx, k,
+                                                     batch["image"][:2]))(key)
+  step = search.make_search_step(model, strategy, weight_tx, arch_tx)
+  r = time_step(step, (state, batch, batch), steps, lambda out, a: (out[0],) + tuple(a[1:]))
+  # A search step trains on one batch and updates alpha on another.
+  r["images_per_s"] = round(2 * c.data.batch_size / (r["step_ms_median"] / 1e3), 1)
+  return {"benchmark": "search", **device_info(), "space": c.model.space,
+          "channels": c.model.channels, "layers": c.model.layers, "nodes": c.model.nodes,
+          "batch": c.data.batch_size, "order": c.search.order, **r}
+
+
+def bench_train(config, genotype, steps: int, num_classes: int, image_shape,
+                dtypes: Optional[Sequence[str]] = None) -> list:
+  """Times the retraining step of ``genotype``'s network, once per compute dtype."""
+  from dnas import retrain, train_lib  # pylint: disable=g-import-not-at-top
+  c = config
+  train_lib.validate_train_config(c, genotype)
+  model = train_lib.build_train_model(c, genotype, num_classes)
+  tx, _ = train_lib._train_optimizer(c, 10_000, 100)  # pylint: disable=protected-access
+  key = jax.random.key(c.seed)
+  batch = _random_batch(key, c.data.batch_size, image_shape, num_classes)
+  rows = []
+  for name in dtypes or [c.train.compute_dtype]:
+    dtype = train_lib._compute_dtype(name)  # pylint: disable=protected-access
+    state = retrain.init_train_state(model, tx, key, batch["image"][:2])
+    step = retrain.make_train_step(model, tx, aux_weight=c.train.aux_weight,
+                                   label_smoothing=c.train.label_smoothing, compute_dtype=dtype)
+    dpp = jnp.float32(c.train.drop_path_prob)
+    r = time_step(step, (state, batch, dpp), steps, lambda out, a: (out[0],) + tuple(a[1:]))
+    r["images_per_s"] = round(c.data.batch_size / (r["step_ms_median"] / 1e3), 1)
+    rows.append({"benchmark": "train", **device_info(), "space": c.model.space,
+                 "channels": c.model.channels, "layers": c.model.layers,
+                 "batch": c.data.batch_size, "dtype": jnp.dtype(dtype).name,
+                 "n_params": int(sum(x.size for x in jax.tree.leaves(state.params))), **r})
+  return rows
