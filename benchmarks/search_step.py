@@ -7,7 +7,8 @@ Usage::
 
 Random inputs of CIFAR's shape (the step's cost does not depend on pixel values). The persistent
 compilation cache is off here so that ``compile_s`` is the cold compile time; ``--cache DIR`` turns
-it on to measure a warm start. Set ``XLA_FLAGS`` in the environment to compare compiler options.
+it on to measure a warm start. Set ``XLA_FLAGS`` in the environment to compare compiler options,
+``DNAS_DEPTHWISE=conv|shift`` to compare the depthwise convolution's two forms.
 """
 
 import argparse
@@ -23,7 +24,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dnas import search  # noqa: E402
-from dnas.ops import sets  # noqa: E402
+from dnas.ops import layers  # noqa: E402
 from dnas.spaces import DartsSearchNet, NB201SearchNet  # noqa: E402
 from dnas.strategies import darts  # noqa: E402
 
@@ -36,7 +37,7 @@ def main():
   p.add_argument("--nodes", type=int, default=4)
   p.add_argument("--batch", type=int, default=64)
   p.add_argument("--order", type=int, default=1)
-  p.add_argument("--steps", type=int, default=5)
+  p.add_argument("--steps", type=int, default=5, help="steps timed; 0: compile only")
   p.add_argument("--cache", default="")
   p.add_argument("--label", default="")
   p.add_argument("--unroll-nodes", action="store_true",
@@ -78,12 +79,13 @@ def main():
   cost = cost or {}
 
   times = []
-  for _ in range(a.steps + 1):
+  for _ in range(a.steps + 1 if a.steps else 0):  # --steps 0: compile only
     t = time.perf_counter()
     state, m = compiled(state, batch, batch)
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t)
   times = times[1:]  # the first call includes one-off allocation
+  med = statistics.median(times) if times else None
   dev = jax.devices()[0]
   mem = dev.memory_stats() or {}
   print(json.dumps({
@@ -91,11 +93,12 @@ def main():
       "host": platform.node(), "jax": jax.__version__,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "space": a.space, "channels": a.channels, "layers": a.layers, "nodes": a.nodes,
-      "batch": a.batch, "order": a.order,       "scan_nodes": not a.unroll_nodes,
+      "batch": a.batch, "order": a.order, "scan_nodes": not a.unroll_nodes,
+      "depthwise": layers._depthwise_impl(),  # pylint: disable=protected-access
       "init_s": round(init_s, 2), "trace_s": round(trace_s, 2), "compile_s": round(compile_s, 2),
-      "step_ms_median": round(1e3 * statistics.median(times), 1),
-      "step_ms_min": round(1e3 * min(times), 1),
-      "images_per_s": round(2 * a.batch / statistics.median(times), 1),
+      "step_ms_median": round(1e3 * med, 1) if times else None,
+      "step_ms_min": round(1e3 * min(times), 1) if times else None,
+      "images_per_s": round(2 * a.batch / med, 1) if times else None,
       "flops": cost.get("flops"), "bytes_accessed": cost.get("bytes accessed"),
       "peak_mem_bytes": mem.get("peak_bytes_in_use"), "steps": a.steps}), flush=True)
 

@@ -79,6 +79,7 @@ def _random_batch(key, batch: int, shape, num_classes: int):
 def bench_search(config, steps: int, num_classes: int, image_shape) -> Dict[str, Any]:
   """Times the search step a search config builds (``dnas.train_lib.run_search``'s step)."""
   from dnas import search, train_lib  # pylint: disable=g-import-not-at-top
+  from dnas.ops import layers  # pylint: disable=g-import-not-at-top
   from dnas.strategies import darts  # pylint: disable=g-import-not-at-top
   c = config
   train_lib.validate_search_config(c)
@@ -97,7 +98,8 @@ def bench_search(config, steps: int, num_classes: int, image_shape) -> Dict[str,
   r["images_per_s"] = round(2 * c.data.batch_size / (r["step_ms_median"] / 1e3), 1)
   return {"benchmark": "search", **device_info(), "space": c.model.space,
           "channels": c.model.channels, "layers": c.model.layers, "nodes": c.model.nodes,
-          "batch": c.data.batch_size, "order": c.search.order, **r}
+          "batch": c.data.batch_size, "order": c.search.order,
+          "depthwise": layers._depthwise_impl(), **r}  # pylint: disable=protected-access
 
 
 def bench_train(config, genotype, steps: int, num_classes: int, image_shape,

@@ -3,6 +3,10 @@
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The native depthwise convolution compiles faster than the shifted sum the CPU steps with by
+# default; these tests compile far more than they step. test_ops checks the two forms agree
+# (values and gradients, op by op).
+os.environ.setdefault("DNAS_DEPTHWISE", "conv")
 
 import pytest  # noqa: E402
 

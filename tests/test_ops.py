@@ -83,6 +83,22 @@ def test_depthwise_impl_follows_the_environment(monkeypatch, impl, want):
   assert layers._depthwise_impl() == want  # auto: shift, as these tests run on the CPU
 
 
+@pytest.mark.parametrize("name", ["sep_conv_5x5", "dil_conv_3x3"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_ops_agree_under_both_depthwise_forms(monkeypatch, name, stride):
+  op = registry.get(name)(4, stride, affine=False)
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 4))
+  variables = op.init(jax.random.key(1), x, True)
+  outs = []
+  for impl in ("conv", "shift"):
+    monkeypatch.setenv("DNAS_DEPTHWISE", impl)
+    loss = lambda p, x: jnp.sum(jnp.tanh(op.apply({**variables, "params": p}, x, True,
+                                                  mutable=["batch_stats"])[0]))
+    outs.append(jax.value_and_grad(loss, (0, 1))(variables["params"], x))
+  for got, want in zip(jax.tree.leaves(outs[1]), jax.tree.leaves(outs[0])):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_depthwise_impl_rejects_an_unknown_name(monkeypatch):
   monkeypatch.setenv("DNAS_DEPTHWISE", "fft")
   with pytest.raises(ValueError, match="DNAS_DEPTHWISE"):

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Every benchmark configuration in one go, one JSON line each (progress lines start with #).
+# Usage: bash benchmarks/run_all.sh [cpu|gpu] > results.jsonl
+# `cpu` (default) sizes the runs for a small CPU box: paper-size searches compile only.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+MODE=${1:-cpu}
+CACHE=$(mktemp -d)
+S="$PY benchmarks/search_step.py"
+run() { echo "# $(date -u +%T) $*" >&2; "$@" 2>/dev/null | grep '^{'; }
+if [ "$MODE" = cpu ]; then
+  for dw in conv shift; do
+    DNAS_DEPTHWISE=$dw run $S --channels 8 --layers 5 --batch 8 --steps 5 --label cpu_target_$dw
+  done
+  run $S --channels 16 --layers 8 --batch 64 --steps 0 --cache "$CACHE" --label paper_o1_cold
+  run $S --channels 16 --layers 8 --batch 64 --steps 0 --cache "$CACHE" --label paper_o1_warm
+  DNAS_DEPTHWISE=conv run $S --channels 16 --layers 8 --batch 64 --steps 0 --label paper_o1_conv_cold
+  run $S --channels 16 --layers 8 --batch 64 --order 2 --steps 0 --label paper_o2_cold
+  run $S --space nb201 --channels 16 --layers 5 --batch 64 --steps 2 --label nb201_o1
+  run $PY benchmarks/train_step.py --channels 16 --layers 8 --batch 16 --steps 3
+  run $PY benchmarks/data_pipeline.py --steps 50
+else
+  for b in 64 256; do
+    for o in 1 2; do
+      run $S --channels 16 --layers 8 --batch $b --order $o --steps 20 --cache "$CACHE" --label paper_o${o}_b$b
+    done
+  done
+  run $S --channels 16 --layers 8 --batch 64 --steps 5 --cache "$CACHE" --label paper_o1_b64_warm
+  run $S --space nb201 --channels 16 --layers 5 --batch 64 --steps 20 --label nb201_o1
+  run $PY benchmarks/train_step.py --batch 96 --steps 20
+  run $PY benchmarks/data_pipeline.py
+fi
+rm -rf "$CACHE"
