@@ -388,7 +388,8 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
 
   batch_fn = jax.jit(functools.partial(
       data_lib.get_batch, batch_size=bs, mean=ds.mean, std=ds.std,
-      crop_padding=c.data.crop_padding, flip=c.data.flip))
+      crop_padding=c.data.crop_padding, flip=c.data.flip,
+      sharding=data_lib.batch_sharding(bs)))
   step_fn = search.make_search_step(model, strategy, weight_tx, arch_tx)
   mix = jax.jit(lambda a: strategy.mix(a, (), None))
 
@@ -614,7 +615,8 @@ def run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
   eval_step = retrain.make_eval_step(model, compute_dtype=dtype)
   batch_fn = jax.jit(functools.partial(
       data_lib.get_batch, batch_size=bs, mean=ds.mean, std=ds.std,
-      crop_padding=c.data.crop_padding, flip=c.data.flip, cutout=c.data.cutout))
+      crop_padding=c.data.crop_padding, flip=c.data.flip, cutout=c.data.cutout,
+      sharding=data_lib.batch_sharding(bs)))
 
   def evaluate():
     tot = None

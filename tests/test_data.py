@@ -3,6 +3,8 @@
 import gzip
 import io
 import os
+import subprocess
+import sys
 import tarfile
 
 import jax
@@ -589,3 +591,37 @@ def test_eval_batches_cover_every_example_once():
     np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches]), labels)
     np.testing.assert_allclose(np.concatenate([b["image"] for b in batches]),
                                _normalised(images), atol=1e-6)
+
+
+_SHARDED_BATCH = r"""
+import jax, numpy as np
+from dnas import data
+assert jax.device_count() == 2, jax.devices()
+rng = np.random.default_rng(0)
+dd = data.to_device(rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8), np.arange(40) % 10)
+kw = dict(batch_size=8, mean=[0.5] * 3, std=[0.25] * 3, cutout=4)
+key = jax.random.key(3)
+sh = data.batch_sharding(8)
+got = jax.jit(lambda k, s: data.get_batch(dd, k, s, sharding=sh, **kw))(key, 5)
+want = jax.jit(lambda k, s: data.get_batch(dd, k, s, **kw))(key, 5)
+for name in ("image", "label"):
+  shards = got[name].addressable_shards
+  assert [s.data.shape[0] for s in shards] == [4, 4], name
+  assert {s.device for s in shards} == set(jax.devices()), name
+  np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(want[name]))
+try:
+  data.batch_sharding(7)
+except data.DataError as e:
+  assert "data.batch_size=7" in str(e), e
+else:
+  raise AssertionError("batch 7 over 2 devices accepted")
+print("OK")
+"""
+
+
+def test_batches_split_over_devices_along_the_batch_axis():
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  r = subprocess.run([sys.executable, "-c", _SHARDED_BATCH], env=env, capture_output=True,
+                     text=True, timeout=300)
+  assert r.returncode == 0 and r.stdout.strip().endswith("OK"), r.stderr[-3000:]

@@ -15,6 +15,7 @@ Example:
 """
 
 from dnas.data.pipeline import DeviceData
+from dnas.data.pipeline import batch_sharding
 from dnas.data.pipeline import epoch_indices
 from dnas.data.pipeline import eval_batches
 from dnas.data.pipeline import get_batch
@@ -33,6 +34,7 @@ from dnas.data.sources import load
 from dnas.data.sources import TFDS_NAMES
 
 __all__ = [
+    "batch_sharding",
     "ArrayDataset", "DataError", "DeviceData", "TFDS_NAMES", "channel_stats", "default_cache_dir",
     "epoch_indices", "eval_batches", "get_batch", "load", "normalize", "random_crop",
     "random_cutout", "random_flip", "search_split", "steps_per_epoch", "to_device",

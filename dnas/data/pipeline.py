@@ -177,9 +177,27 @@ def random_cutout(key: PRNGKey, images: Array, size: int) -> Array:
   return jnp.where(cut[..., None], jnp.zeros((), images.dtype), images)
 
 
+def batch_sharding(batch_size: int, devices: Optional[Any] = None,
+                   where: str = "data.batch_size") -> jax.sharding.NamedSharding:
+  """Splits the batch axis over ``devices`` (default: all), for ``get_batch(sharding=...)``.
+
+  One device gives a trivial sharding, so the same code runs on one device or many.
+
+  Raises:
+    DataError: naming ``where`` if ``batch_size`` is not a multiple of the device count.
+  """
+  devices = np.asarray(jax.devices() if devices is None else devices)
+  if batch_size % devices.size:
+    raise DataError(f"{where}={batch_size} must be a multiple of the {devices.size} devices "
+                    f"the batch is split over")
+  mesh = jax.sharding.Mesh(devices.reshape(-1), ("batch",))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
+
+
 def get_batch(data: DeviceData, key: PRNGKey, step: Any, batch_size: int, mean: Any, std: Any,
               *, crop_padding: int = 4, flip: bool = True, cutout: int = 0,
-              train: bool = True) -> Batch:
+              train: bool = True,
+              sharding: Optional[jax.sharding.Sharding] = None) -> Batch:
   """Draws step ``step``'s batch from on-device data, augmented as DARTS does on CIFAR.
 
   Pure and jittable; ``batch_size``, ``crop_padding``, ``flip``, ``cutout`` and ``train`` are
@@ -201,6 +219,8 @@ def get_batch(data: DeviceData, key: PRNGKey, step: Any, batch_size: int, mean: 
     flip: random horizontal flips.
     cutout: side of the cutout square; 0 disables it.
     train: if False, no augmentation (the order still follows ``key`` and ``step``).
+    sharding: a sharding of the batch axis (``batch_sharding``) the batch is laid out with;
+      default: the compiler's choice.
 
   Returns:
     ``{"image": float32 [B, H, W, C], "label": int32 [B]}``.
@@ -214,14 +234,20 @@ def get_batch(data: DeviceData, key: PRNGKey, step: Any, batch_size: int, mean: 
   images = jnp.take(data.images, idx, axis=0)
   labels = jnp.take(data.labels, idx, axis=0)
   if not train:
-    return {"image": normalize(images, mean, std), "label": labels}
+    return _constrain({"image": normalize(images, mean, std), "label": labels}, sharding)
   k_crop, k_flip, k_cut = jax.random.split(jax.random.fold_in(key, step), 3)
   images = random_crop(k_crop, images, crop_padding)
   if flip:
     images = random_flip(k_flip, images)
   images = normalize(images, mean, std)
   images = random_cutout(k_cut, images, cutout)
-  return {"image": images, "label": labels}
+  return _constrain({"image": images, "label": labels}, sharding)
+
+
+def _constrain(batch: Batch, sharding: Optional[jax.sharding.Sharding]) -> Batch:
+  if sharding is None:
+    return batch
+  return {k: jax.lax.with_sharding_constraint(v, sharding) for k, v in batch.items()}
 
 
 _normalize_jit = jax.jit(normalize)
