@@ -25,6 +25,14 @@ def device_info() -> Dict[str, Any]:
           "host": platform.node(), "jax": jax.__version__}
 
 
+def xla_cost(compiled) -> Dict[str, Any]:
+  """XLA's cost analysis of a compiled function as one dict (older JAX: one per device)."""
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  return cost or {}
+
+
 def time_step(step: Callable, args: Sequence[Any], steps: int,
               carry: Callable[[Any, Sequence[Any]], Sequence[Any]]) -> Dict[str, Any]:
   """Compiles ``step`` for ``args`` and times ``steps`` calls after one untimed call.
@@ -45,10 +53,7 @@ def time_step(step: Callable, args: Sequence[Any], steps: int,
   t = time.perf_counter()
   compiled = step.lower(*args).compile()
   compile_s = time.perf_counter() - t
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):  # one dict per device in older JAX
-    cost = cost[0] if cost else {}
-  cost = cost or {}
+  cost = xla_cost(compiled)
   times = []
   for _ in range(steps + 1):
     t = time.perf_counter()

@@ -112,9 +112,8 @@ def _info(cfg, genotype_spec: Optional[str] = None) -> dict:
             "n_params": count({k: v for k, v in params.items() if k != "auxiliary_head"}),
             "n_params_aux": count(params), "n_arch_params": 0,
             "genotype": genotype.to_json()}
-  cost = jax.jit(forward).lower(shapes, x).compile().cost_analysis()
-  if isinstance(cost, (list, tuple)):  # one dict per device in older JAX
-    cost = cost[0]
+  from dnas import bench  # pylint: disable=g-import-not-at-top
+  cost = bench.xla_cost(jax.jit(forward).lower(shapes, x).compile())
   info["flops"] = int(cost["flops"])
   info["input_shape"] = list(x.shape)
   return info
