@@ -486,6 +486,19 @@ def validate_train_config(c: ml_collections.ConfigDict, genotype) -> None:
   _int(c, "data.eval_batch_size", 1)
   _int(c, "data.test_size", 0)
   _int(c, "data.cutout", 0)
+  if "streaming" in c.data:
+    _type(c, "data.streaming", bool, "True or False")
+    _int(c, "data.image_size", 0)
+    _int(c, "data.workers", 1)
+    for key in ("mean", "std"):
+      value = c.data[key]
+      _check(isinstance(value, (tuple, list)) and len(value) in (0, 1, 3)
+             and all(isinstance(v, (int, float)) for v in value), f"data.{key}",
+             "must be () (estimated from the training images) or one number per channel")
+    _check(all(float(v) > 0 for v in c.data.std), "data.std", "must be positive")
+    if c.data.image_size and not c.data.streaming:
+      raise ConfigError("data.image_size: resizing is done by the streaming pipeline only; set "
+                        "data.streaming=True, or data.image_size=0")
   space = _choice(c, "model.space", TRAIN_SPACES)
   if space == "nb201":
     _int(c, "model.layers", 1)
@@ -564,6 +577,102 @@ def _load_train_checkpoint(path, template):
   return state._replace(key=jax.random.wrap_key_data(state.key))
 
 
+def _subset(key, n: int, size: int) -> Optional[np.ndarray]:
+  """The sorted first ``size`` of a seeded permutation of ``range(n)``, or None for all."""
+  if not size:
+    return None
+  return np.sort(np.asarray(jax.random.permutation(key, n))[:size])
+
+
+class _MemoryFeed:
+  """Retraining data held on the device: batches drawn and augmented inside jit."""
+
+  def __init__(self, c, sub_key, data_key):
+    ds = data_lib.load(c.data.name, path=c.data.path or None, data_dir=c.data.data_dir or None,
+                       cache_dir=c.data.cache_dir or None)
+    images, labels = ds.train_images, ds.train_labels
+    keep = _subset(sub_key, len(labels), c.data.train_size)
+    if keep is not None:
+      images, labels = images[keep], labels[keep]
+    self.test_images, self.test_labels = ds.test_images, ds.test_labels
+    keep = _subset(jax.random.fold_in(sub_key, 1), len(self.test_labels), c.data.test_size)
+    if keep is not None:
+      self.test_images, self.test_labels = self.test_images[keep], self.test_labels[keep]
+    self.n_train, self.num_classes = len(labels), ds.num_classes
+    self.image_shape = tuple(images.shape[1:])
+    self.mean, self.std, self.eval_batch_size = ds.mean, ds.std, c.data.eval_batch_size
+    self.train = data_lib.to_device(images, labels)
+    self.data_key = data_key
+    self.batch_fn = jax.jit(functools.partial(
+        data_lib.get_batch, batch_size=c.data.batch_size, mean=ds.mean, std=ds.std,
+        crop_padding=c.data.crop_padding, flip=c.data.flip, cutout=c.data.cutout,
+        sharding=data_lib.batch_sharding(c.data.batch_size)))
+
+  def train_batch(self, step: int):
+    return self.batch_fn(self.train, self.data_key, step)
+
+  def test_batches(self):
+    return data_lib.eval_batches(self.test_images, self.test_labels, self.eval_batch_size,
+                                 self.mean, self.std)
+
+
+class _StreamFeed:
+  """Retraining data read from disk a batch at a time (``data.streaming=True``).
+
+  Host threads decode (and for ``data.image_size`` crop and resize) each batch; a background
+  thread copies the next batches to the device; crop-from-padding, flip, normalisation and
+  cutout run in jit as in ``_MemoryFeed``. Batch ``s`` depends only on the seed and ``s``, so a
+  resumed run reads the batches an uninterrupted one would.
+  """
+
+  def __init__(self, c, sub_key, data_key):
+    from dnas.data import stream  # pylint: disable=g-import-not-at-top
+    self.stream = stream
+    if c.data.path:
+      self.train_src, self.test_src = stream.open_local(c.data.path)
+    else:
+      self.train_src, self.test_src = stream.open_tfds(c.data.name, c.data.data_dir or None)
+    self.c = c
+    self.num_classes = len(self.train_src.class_names)
+    self.train_idx = _subset(sub_key, len(self.train_src), c.data.train_size)
+    self.test_idx = _subset(jax.random.fold_in(sub_key, 1), len(self.test_src),
+                            c.data.test_size)
+    self.n_train = len(self.train_src) if self.train_idx is None else len(self.train_idx)
+    size = c.data.image_size
+    first = self.train_src.read(0)[0]
+    self.image_shape = (size, size, 3) if size else tuple(first.shape)
+    if len(c.data.mean) and len(c.data.std):
+      self.mean = np.broadcast_to(np.asarray(c.data.mean, np.float32), self.image_shape[-1:])
+      self.std = np.broadcast_to(np.asarray(c.data.std, np.float32), self.image_shape[-1:])
+    else:
+      self.mean, self.std = stream.estimate_stats(self.train_src, image_size=size, seed=c.seed)
+    self.data_key = data_key
+    self.sharding = data_lib.batch_sharding(c.data.batch_size)
+    self.augment = jax.jit(functools.partial(
+        data_lib.augment, mean=self.mean, std=self.std, crop_padding=c.data.crop_padding,
+        flip=c.data.flip, cutout=c.data.cutout, sharding=self.sharding))
+    self.normalize = jax.jit(functools.partial(data_lib.augment, key=None, step=0,
+                                               mean=self.mean, std=self.std, train=False))
+    self._it, self._next_step = None, None
+
+  def train_batch(self, step: int):
+    if self._it is None or step != self._next_step:
+      batches = self.stream.train_batches(
+          self.train_src, self.c.data.batch_size, seed=self.c.seed, start_step=step,
+          image_size=self.c.data.image_size, workers=self.c.data.workers, indices=self.train_idx)
+      self._it = self.stream.prefetch_to_device(batches, 2, self.sharding)
+    images, labels = next(self._it)
+    self._next_step = step + 1
+    return self.augment(images, labels, self.data_key, step)
+
+  def test_batches(self):
+    batches = self.stream.test_batches(self.test_src, self.c.data.eval_batch_size,
+                                       image_size=self.c.data.image_size,
+                                       workers=self.c.data.workers, indices=self.test_idx)
+    for images, labels in self.stream.prefetch_to_device(batches, 2):
+      yield self.normalize(images, labels)
+
+
 def run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
               stop_after_steps: Optional[int] = None) -> Dict[str, Any]:
   """Trains ``genotype``'s network from scratch (or resumes); returns the final metrics.
@@ -580,29 +689,21 @@ def run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
   io.atomic_write_text(os.path.join(workdir, "config.json"), c.to_json_best_effort(indent=2))
   genotypes.save(genotype, os.path.join(workdir, "genotype.json"))
 
-  ds = data_lib.load(c.data.name, path=c.data.path or None, data_dir=c.data.data_dir or None,
-                     cache_dir=c.data.cache_dir or None)
   key = jax.random.key(c.seed)
   init_key, data_key, sub_key = jax.random.split(key, 3)
-  images, labels = ds.train_images, ds.train_labels
-  if c.data.train_size:
-    keep = np.sort(np.asarray(jax.random.permutation(sub_key, len(labels)))[:c.data.train_size])
-    images, labels = images[keep], labels[keep]
-  test_images, test_labels = ds.test_images, ds.test_labels
-  if c.data.test_size:
-    keep = np.sort(np.asarray(jax.random.permutation(
-        jax.random.fold_in(sub_key, 1), len(test_labels)))[:c.data.test_size])
-    test_images, test_labels = test_images[keep], test_labels[keep]
-  train = data_lib.to_device(images, labels)
   bs = c.data.batch_size
-  spe = data_lib.steps_per_epoch(len(labels), bs)
+  if c.data.get("streaming", False):
+    feed = _StreamFeed(c, sub_key, data_key)
+  else:
+    feed = _MemoryFeed(c, sub_key, data_key)
+  spe = data_lib.steps_per_epoch(feed.n_train, bs)
   total = spe * c.train.epochs
 
-  model = build_train_model(c, genotype, ds.num_classes)
+  model = build_train_model(c, genotype, feed.num_classes)
   dtype = _compute_dtype(c.train.compute_dtype)
   tx, schedule = _train_optimizer(c, total, spe)
   t0 = time.time()
-  state = retrain.init_train_state(model, tx, init_key, jnp.zeros((2,) + images.shape[1:]))
+  state = retrain.init_train_state(model, tx, init_key, jnp.zeros((2,) + feed.image_shape))
   ckpt = os.path.join(workdir, "checkpoint.msgpack")
   if os.path.exists(ckpt):
     state = _load_train_checkpoint(ckpt, state)
@@ -613,15 +714,10 @@ def run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
                                        label_smoothing=c.train.label_smoothing,
                                        compute_dtype=dtype)
   eval_step = retrain.make_eval_step(model, compute_dtype=dtype)
-  batch_fn = jax.jit(functools.partial(
-      data_lib.get_batch, batch_size=bs, mean=ds.mean, std=ds.std,
-      crop_padding=c.data.crop_padding, flip=c.data.flip, cutout=c.data.cutout,
-      sharding=data_lib.batch_sharding(bs)))
 
   def evaluate():
     tot = None
-    for b in data_lib.eval_batches(test_images, test_labels, c.data.eval_batch_size, ds.mean,
-                                   ds.std):
+    for b in feed.test_batches():
       m = eval_step(state, b)
       tot = m if tot is None else jax.tree.map(jnp.add, tot, m)
     tot = jax.device_get(tot)
@@ -637,7 +733,7 @@ def run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
     while step < total:
       epoch = step // spe
       dpp = c.train.drop_path_prob * epoch / c.train.epochs  # DARTS' linear schedule
-      state, m = train_step(state, batch_fn(train, data_key, step), dpp)
+      state, m = train_step(state, feed.train_batch(step), dpp)
       step += 1
       acc = m if acc is None else jax.tree.map(jnp.add, acc, m)
       acc_n += 1

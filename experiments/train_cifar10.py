@@ -44,6 +44,15 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   c.data.crop_padding = 4
   c.data.flip = True
   c.data.cutout = 16
+  # Streaming: read images from disk a batch at a time instead of holding the split on the
+  # device (for data that does not fit: a folder or uncompressed .tar, or a TFDS array_record
+  # dataset); image_size > 0 crops and resizes every image (Inception crop for training,
+  # resize + centre crop for testing); mean/std () are estimated from 2048 training images.
+  c.data.streaming = False
+  c.data.image_size = 0
+  c.data.workers = 8
+  c.data.mean = ()
+  c.data.std = ()
 
   c.model = ml_collections.ConfigDict()
   c.model.space = "darts_cifar"  # darts_cifar | darts_imagenet | nb201

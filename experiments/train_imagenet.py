@@ -19,15 +19,13 @@ Run::
       --workdir runs/in_smoke --config.data.path=../shared/data/cifar10-jpeg.tar.gz
   dnas info --config experiments/train_imagenet.py --genotype DARTS_V2 --json
 
-Data: ``data.path`` is an image folder or tar archive laid out as ``{train,test}/CLASS/IMAGE``
-(ImageNet's validation images go under ``test/``). ``dnas.data`` decodes a source into host
-memory and keeps the training set on the device, and its augmentation is CIFAR's (pad-and-crop,
-flip), so the images must all have one size and fit in memory: a downsampled or subset
-ImageNet runs, the full ImageNet at 224x224 (about 190 GB of pixels) does not. The paper's
-recipe needs a streaming input pipeline with RandomResizedCrop(224), flips and colour jitter,
-and Resize(256)/CenterCrop(224) for evaluation, which ``dnas.data`` does not have yet; with
-``data.path`` empty, ``data.name=imagenet2012`` stops with an error naming the TFDS sources that
-do load.
+Data: the paper's recipe streams its images (``data.streaming=True``): ``data.path`` is an
+image folder or an uncompressed ``.tar`` laid out as ``{train,test}/CLASS/IMAGE`` (ImageNet's
+validation images go under ``test/``), or, with ``data.path`` empty, TFDS' ``imagenet2012``
+prepared in the array_record format. Host threads (``data.workers``) decode each batch and apply
+Inception's random resized crop to 224 (training) or resize-256 / centre-crop-224 (testing);
+flips and normalisation by ImageNet's mean and std run on the device. Left out: DARTS' colour
+jitter (brightness, contrast, saturation 0.4, hue 0.2) -- no colour augmentation is applied.
 
 Published result (Liu et al. 2019, table 3): DARTS (second order) reaches 26.7 % top-1 and
 8.7 % top-5 error with 4.7M weights and 574M multiply-adds; ``dnas info`` on DARTS_V2 counts
@@ -43,7 +41,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = "imagenet2012"
+  c.data.name = "imagenet2012"  # with data.path empty: TFDS, prepared as array_record
   c.data.path = ""
   c.data.data_dir = ""
   c.data.cache_dir = ""
@@ -51,9 +49,18 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   c.data.eval_batch_size = 250
   c.data.train_size = 0     # first N of a seeded permutation of the training set (0: all)
   c.data.test_size = 0      # same for the test set
-  c.data.crop_padding = 0   # no pad-and-crop: the paper's RandomResizedCrop is not available
+  c.data.crop_padding = 0   # no pad-and-crop: the streaming pipeline's Inception crop instead
   c.data.flip = True
   c.data.cutout = 0
+  # Streaming: read images from disk a batch at a time instead of holding the split on the
+  # device (for data that does not fit: a folder or uncompressed .tar, or a TFDS array_record
+  # dataset); image_size > 0 crops and resizes every image (Inception crop for training,
+  # resize + centre crop for testing); mean/std () are estimated from 2048 training images.
+  c.data.streaming = True
+  c.data.image_size = 224
+  c.data.workers = 8
+  c.data.mean = (0.485, 0.456, 0.406)  # ImageNet's, as DARTS' train_imagenet.py normalises
+  c.data.std = (0.229, 0.224, 0.225)
 
   c.model = ml_collections.ConfigDict()
   c.model.space = "darts_imagenet"
@@ -90,6 +97,10 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     c.data.train_size = 128
     c.data.test_size = 128
     c.data.crop_padding = 4
+    c.data.streaming = False
+    c.data.image_size = 0
+    c.data.mean = ()
+    c.data.std = ()
     c.model.channels = 8
     c.model.layers = 3
     c.model.auxiliary = False

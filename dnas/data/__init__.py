@@ -4,6 +4,8 @@
 ``search_split`` divides the train split for the bilevel search; ``to_device`` moves arrays to
 the accelerator once; ``get_batch`` is a pure, jittable function of ``(key, step)`` that draws
 and augments a batch there; ``eval_batches`` walks a split in order for evaluation.
+Datasets that do not fit on the device stream from disk instead (``dnas.data.stream``: host
+threads decode each batch, a background thread copies it to the device, ``augment`` finishes it).
 
 Example:
   >>> from dnas import data
@@ -14,6 +16,7 @@ Example:
   >>> batch = batch_fn(dd, key, 0, mean=ds.mean, std=ds.std)  # doctest: +SKIP
 """
 
+from dnas.data.pipeline import augment
 from dnas.data.pipeline import DeviceData
 from dnas.data.pipeline import batch_sharding
 from dnas.data.pipeline import epoch_indices
@@ -34,7 +37,7 @@ from dnas.data.sources import load
 from dnas.data.sources import TFDS_NAMES
 
 __all__ = [
-    "batch_sharding",
+    "augment", "batch_sharding",
     "ArrayDataset", "DataError", "DeviceData", "TFDS_NAMES", "channel_stats", "default_cache_dir",
     "epoch_indices", "eval_batches", "get_batch", "load", "normalize", "random_crop",
     "random_cutout", "random_flip", "search_split", "steps_per_epoch", "to_device",

@@ -233,6 +233,24 @@ def get_batch(data: DeviceData, key: PRNGKey, step: Any, batch_size: int, mean: 
   idx = epoch_indices(key, step, n, batch_size)
   images = jnp.take(data.images, idx, axis=0)
   labels = jnp.take(data.labels, idx, axis=0)
+  return augment(images, labels, key, step, mean, std, crop_padding=crop_padding, flip=flip,
+                 cutout=cutout, train=train, sharding=sharding)
+
+
+def augment(images: Array, labels: Array, key: PRNGKey, step: Any, mean: Any, std: Any, *,
+            crop_padding: int = 4, flip: bool = True, cutout: int = 0, train: bool = True,
+            sharding: Optional[jax.sharding.Sharding] = None) -> Batch:
+  """DARTS' CIFAR augmentation of one drawn ``uint8 [B, H, W, C]`` batch, on the device.
+
+  ``get_batch``'s second half, shared with the streaming pipeline (``dnas.data.stream``): with
+  ``train=True``, keys from ``fold_in(key, step)`` drive a random crop of the zero-padded image,
+  a random left-right flip and, after normalisation, cutout; with ``train=False`` the images are
+  only normalised. Arguments as ``get_batch``'s.
+
+  Returns:
+    ``{"image": float32 [B, H, W, C], "label": int32 [B]}``.
+  """
+  labels = labels.astype(jnp.int32)
   if not train:
     return _constrain({"image": normalize(images, mean, std), "label": labels}, sharding)
   k_crop, k_flip, k_cut = jax.random.split(jax.random.fold_in(key, step), 3)
@@ -287,6 +305,6 @@ def eval_batches(images: Any, labels: Any, batch_size: int, mean: Any,
 
 
 __all__ = [
-    "DeviceData", "epoch_indices", "eval_batches", "get_batch", "normalize", "random_crop",
+    "DeviceData", "augment", "epoch_indices", "eval_batches", "get_batch", "normalize", "random_crop",
     "random_cutout", "random_flip", "search_split", "steps_per_epoch", "to_device",
 ]

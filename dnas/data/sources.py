@@ -14,6 +14,7 @@ file's relative path, size and mtime. A changed source therefore never reads a s
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import os
 import socket
@@ -461,6 +462,16 @@ def _network_reachable(timeout: float = 3.0) -> bool:
   return False
 
 
+def _read_all(source) -> Tuple[np.ndarray, np.ndarray]:
+  """Every example of a TFDS data source as ``(uint8 [N, H, W, C], labels [N])``."""
+  images, labels = [], []
+  for i in range(len(source)):
+    example = source[i]
+    images.append(np.asarray(example["image"], np.uint8))
+    labels.append(int(example["label"]))
+  return np.stack(images), np.asarray(labels, np.int64)
+
+
 def _load_tfds(name: str, data_dir: Optional[str]) -> ArrayDataset:
   if name not in _TFDS_SOURCES:
     raise DataError(f"data.name={name!r} is not a known dataset; valid names: "
@@ -474,6 +485,13 @@ def _load_tfds(name: str, data_dir: Optional[str]) -> ArrayDataset:
         f"pip install tensorflow-datasets, or {_HINT}") from e
 
   def fetch(download: bool):
+    if importlib.util.find_spec("tensorflow") is None:
+      # Without TensorFlow, TFDS reads array_record files through its random-access
+      # data_source (the format `tfds build --file_format=array_record` writes).
+      info = tfds.builder(tfds_name, data_dir=data_dir).info
+      splits = [tfds.data_source(tfds_name, split=split, data_dir=data_dir, download=download)
+                for split in ("train", test_split)]
+      return (*[_read_all(src) for src in splits], info)
     (train, test), info = tfds.load(
         tfds_name, split=["train", test_split], batch_size=-1, as_supervised=True,
         data_dir=data_dir, download=download, with_info=True)

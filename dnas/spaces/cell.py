@@ -82,31 +82,48 @@ _VmappedEdgeOp = nn.vmap(
     split_rngs={"params": True, "dropout": True})
 
 
+@functools.lru_cache(maxsize=None)
+def _shared_input_edge_op(n_edges: int):
+  """``_EdgeOp`` vmapped over ``n_edges`` stacked weights applied to one shared input.
+
+  Unbatched input with batched weights lets XLA run one convolution with ``n_edges`` times the
+  output channels (a dense convolution) instead of a grouped one over stacked copies of the
+  input, which the CPU backend runs through a slow generic path.
+  """
+  return nn.vmap(_EdgeOp, in_axes=None, out_axes=0, axis_size=n_edges,
+                 variable_axes={"params": 0, "batch_stats": 0},
+                 split_rngs={"params": True, "dropout": True})
+
+
 class MixedEdges(nn.Module):
   """``E`` mixed edges of the same stride, computed together.
 
   Call with ``xs`` of shape ``[E, B, H, W, C]`` and ``mix`` of shape ``[E, K, D]``, which holds
   each edge's op weights already routed to one of ``D`` destinations. Returns ``[D, B, H', W', C]``:
-  ``out[d] = sum_{e, k} mix[e, k, d] * op_k(xs[e]; params of edge e)``.
+  ``out[d] = sum_{e, k} mix[e, k, d] * op_k(xs[e]; params of edge e)``. With ``shared_input``,
+  ``xs`` is one ``[B, H, W, C]`` input that every edge reads (``xs[e] = xs``).
   """
   op_set: OpSet
   channels: int
   stride: int
   affine: bool = False
   train: bool = True
+  shared_input: bool = False
 
   @nn.compact
   def __call__(self, xs, mix):
     out = None
+    n_edges = mix.shape[0]
+    edge_op = _shared_input_edge_op(n_edges) if self.shared_input else _VmappedEdgeOp
     for k, op in enumerate(self.op_set.ops):
       if op == "none":
         continue  # contributes exactly zero
-      y = _VmappedEdgeOp(op, self.channels, self.stride, self.affine,
-                         op in self.op_set.bn_after, self.train, name=op)(xs)
+      y = edge_op(op, self.channels, self.stride, self.affine,
+                  op in self.op_set.bn_after, self.train, name=op)(xs)
       term = jnp.einsum("ed,ebhwc->dbhwc", mix[:, k, :].astype(y.dtype), y)
       out = term if out is None else out + term
     if out is None:  # every op is `none`
-      b, h, w = xs.shape[1:4]
+      b, h, w = xs.shape[-4:-1]
       s = self.stride
       out = jnp.zeros((mix.shape[-1], b, -(-h // s), -(-w // s), self.channels), xs.dtype)
     return out
@@ -194,15 +211,16 @@ class NodeEdges(nn.Module):
     def body(partial, xs):
       i, rows, w, r = xs
       x = jax.lax.dynamic_index_in_dim(partial, i, 0, keepdims=False)
-      xb = jnp.broadcast_to(x, (slots,) + x.shape)
       total, new_stats = None, {}
       for k, op, module in ops:
         v = jax.tree.map(lambda a: a[rows], params[op])
+        # Every slot reads node i: the input is shared (in_axes None), see _shared_input_edge_op.
         if update_stats and "batch_stats" in v:
-          y, upd = jax.vmap(lambda v, x: module.apply(v, x, mutable=["batch_stats"]))(v, xb)
+          y, upd = jax.vmap(lambda v, x: module.apply(v, x, mutable=["batch_stats"]),
+                            in_axes=(0, None), axis_size=slots)(v, x)
           new_stats[op] = upd["batch_stats"]
         else:
-          y = jax.vmap(module.apply)(v, xb)
+          y = jax.vmap(module.apply, in_axes=(0, None), axis_size=slots)(v, x)
         term = w[:, k, None, None, None, None].astype(y.dtype) * y
         total = term if total is None else total + term
       if total is not None:
@@ -277,12 +295,9 @@ class SearchCell(nn.Module):
     route = np.zeros((len(edges), len(dests)), np.float32)
     for e, (_, j) in enumerate(edges):
       route[e, dests.index(j)] = 1.0
-    if len(sources) == 1:
-      xs = states[sources[0]][None]
-      xs = jnp.broadcast_to(xs, (len(edges),) + xs.shape[1:])
-    else:
-      xs = jnp.stack([states[s] for s, _ in edges])
+    shared = len(sources) == 1
+    xs = states[sources[0]] if shared else jnp.stack([states[s] for s, _ in edges])
     mix = weights[rows][:, :, None] * route[:, None, :]
     stride = 2 if (self.reduction and g == 0) else 1
-    return MixedEdges(self.op_set, self.channels, stride, self.affine, self.train,
+    return MixedEdges(self.op_set, self.channels, stride, self.affine, self.train, shared,
                       name=f"edges_from_{'inputs' if g == 0 else f'node{g - 1}'}")(xs, mix)
