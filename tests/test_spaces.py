@@ -1,5 +1,7 @@
 """Supernets: parameter counts against the reference, alpha kept apart, user op sets."""
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -121,3 +123,17 @@ def test_nb201_scanned_stages_equal_unrolled_cells():
   for a, b in zip(jax.tree.leaves(_unstack_stages(got_stats["batch_stats"], 2)),
                   jax.tree.leaves(want_stats["batch_stats"])):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_nb201_supernet_has_no_grouped_convolution():
+  """Edges reading one shared input vmap only their weights: XLA sees dense convolutions with
+  the edges' channels side by side, not grouped ones over stacked copies of the input (slow on
+  the CPU)."""
+  model = NB201SearchNet(channels=4, cells_per_stage=1)
+  x = jnp.zeros((2, 8, 8, 3))
+  v = _shapes(model, hw=8)
+  fwd = lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])[0]  # noqa: E731
+  hlo = jax.jit(fwd).lower(v, x).as_text()
+  assert hlo.count("stablehlo.convolution") >= 2
+  groups = [int(g) for g in re.findall(r"feature_group_count = (\d+)", hlo)]
+  assert groups and all(g == 1 for g in groups), groups
