@@ -14,8 +14,6 @@ it on to measure a warm start. Set ``XLA_FLAGS`` in the environment to compare c
 import argparse
 import json
 import os
-import platform
-import statistics
 import sys
 import time
 
@@ -23,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from dnas import search  # noqa: E402
+from dnas import bench, search  # noqa: E402
 from dnas.ops import layers  # noqa: E402
 from dnas.spaces import DartsSearchNet, NB201SearchNet  # noqa: E402
 from dnas.strategies import darts  # noqa: E402
@@ -68,39 +66,19 @@ def main():
 
   step = search.make_search_step(model, strategy, weight_tx, arch_tx)
   t = time.perf_counter()
-  lowered = step.lower(state, batch, batch)
+  lowered = step.lower(state, batch, batch)  # tracing and lowering, timed apart from compiling
   trace_s = time.perf_counter() - t
-  t = time.perf_counter()
-  compiled = lowered.compile()
-  compile_s = time.perf_counter() - t
-  cost = compiled.cost_analysis()
-  if isinstance(cost, list):
-    cost = cost[0] if cost else {}
-  cost = cost or {}
-
-  times = []
-  for _ in range(a.steps + 1 if a.steps else 0):  # --steps 0: compile only
-    t = time.perf_counter()
-    state, m = compiled(state, batch, batch)
-    jax.block_until_ready(m)
-    times.append(time.perf_counter() - t)
-  times = times[1:]  # the first call includes one-off allocation
-  med = statistics.median(times) if times else None
-  dev = jax.devices()[0]
-  mem = dev.memory_stats() or {}
+  r = bench.time_step(step, (state, batch, batch), a.steps,
+                      lambda out, args: (out[0],) + tuple(args[1:]), lowered=lowered)
   print(json.dumps({
-      "benchmark": "search_step", "label": a.label, "device": f"{dev.platform}:{dev.device_kind}",
-      "host": platform.node(), "jax": jax.__version__,
+      "benchmark": "search_step", "label": a.label, **bench.device_info(),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "space": a.space, "channels": a.channels, "layers": a.layers, "nodes": a.nodes,
       "batch": a.batch, "order": a.order, "scan_nodes": not a.unroll_nodes,
       "depthwise": layers._depthwise_impl(),  # pylint: disable=protected-access
-      "init_s": round(init_s, 2), "trace_s": round(trace_s, 2), "compile_s": round(compile_s, 2),
-      "step_ms_median": round(1e3 * med, 1) if times else None,
-      "step_ms_min": round(1e3 * min(times), 1) if times else None,
-      "images_per_s": round(2 * a.batch / med, 1) if times else None,
-      "flops": cost.get("flops"), "bytes_accessed": cost.get("bytes accessed"),
-      "peak_mem_bytes": mem.get("peak_bytes_in_use"), "steps": a.steps}), flush=True)
+      "init_s": round(init_s, 2), "trace_s": round(trace_s, 2), **r,
+      "images_per_s": (round(2 * a.batch / (r["step_ms_median"] / 1e3), 1)
+                       if r["step_ms_median"] else None)}), flush=True)
 
 
 if __name__ == "__main__":

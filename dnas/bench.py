@@ -33,29 +33,50 @@ def xla_cost(compiled) -> Dict[str, Any]:
   return cost or {}
 
 
+def xla_memory(compiled) -> Dict[str, Any]:
+  """XLA's static buffer assignment of a compiled function, in bytes.
+
+  ``xla_peak_bytes_estimate`` = arguments + outputs - donated (aliased) buffers + temporaries:
+  what the step holds at once by the compiler's plan. It is reported on every backend (the CPU
+  backend's allocator keeps no peak counter), and is a plan, not an allocator's measurement.
+  """
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # noqa: BLE001 - not every backend implements it
+    m = None
+  if m is None:
+    return {"xla_temp_bytes": None, "xla_peak_bytes_estimate": None}
+  args, out = int(m.argument_size_in_bytes), int(m.output_size_in_bytes)
+  alias, temp = int(m.alias_size_in_bytes), int(m.temp_size_in_bytes)
+  return {"xla_temp_bytes": temp, "xla_peak_bytes_estimate": args + out - alias + temp}
+
+
 def time_step(step: Callable, args: Sequence[Any], steps: int,
-              carry: Callable[[Any, Sequence[Any]], Sequence[Any]]) -> Dict[str, Any]:
+              carry: Callable[[Any, Sequence[Any]], Sequence[Any]],
+              lowered: Any = None) -> Dict[str, Any]:
   """Compiles ``step`` for ``args`` and times ``steps`` calls after one untimed call.
 
   Args:
     step: a jitted function.
     args: its arguments for the first call.
-    steps: calls to time.
+    steps: calls to time; 0 compiles only (the step fields are then None).
     carry: ``carry(outputs, args) -> args`` for the next call (a step donates its state, so
       the next call must take the state it returned).
+    lowered: ``step.lower(*args)`` if the caller already has it (to time tracing apart).
 
   Returns:
     ``compile_s``, ``step_ms_median``, ``step_ms_min``, XLA's ``flops`` and
-    ``bytes_accessed`` for one call, and ``peak_mem_bytes`` where the backend reports it.
+    ``bytes_accessed`` for one call, ``peak_mem_bytes`` where the backend reports it, and
+    XLA's planned memory (``xla_memory``).
   """
-  if steps < 1:
-    raise ValueError(f"steps must be >= 1, got {steps}")
+  if steps < 0:
+    raise ValueError(f"steps must be >= 0 (0: compile only), got {steps}")
   t = time.perf_counter()
-  compiled = step.lower(*args).compile()
+  compiled = (lowered if lowered is not None else step.lower(*args)).compile()
   compile_s = time.perf_counter() - t
   cost = xla_cost(compiled)
   times = []
-  for _ in range(steps + 1):
+  for _ in range(steps + 1 if steps else 0):
     t = time.perf_counter()
     out = compiled(*args)
     jax.block_until_ready(out)
@@ -63,16 +84,17 @@ def time_step(step: Callable, args: Sequence[Any], steps: int,
     args = carry(out, args)
   times = times[1:]  # the first call includes one-off allocation
   mem = jax.devices()[0].memory_stats() or {}
-  median = statistics.median(times)
+  median = statistics.median(times) if times else None
   flops = cost.get("flops")
-  result = {"compile_s": round(compile_s, 2), "step_ms_median": round(1e3 * median, 2),
-            "step_ms_min": round(1e3 * min(times), 2), "steps": steps,
+  result = {"compile_s": round(compile_s, 2),
+            "step_ms_median": round(1e3 * median, 2) if times else None,
+            "step_ms_min": round(1e3 * min(times), 2) if times else None, "steps": steps,
             "flops": flops, "bytes_accessed": cost.get("bytes accessed"),
-            "peak_mem_bytes": mem.get("peak_bytes_in_use")}
+            "peak_mem_bytes": mem.get("peak_bytes_in_use"), **xla_memory(compiled)}
   kind = jax.devices()[0].device_kind
   peak = next((v for k, v in PEAK_FLOPS.items() if k in kind), None)
   result["peak_fraction"] = (round(flops / median / peak, 4)
-                             if flops and peak else None)
+                             if flops and peak and times else None)
   return result
 
 
@@ -89,7 +111,7 @@ def bench_search(config, steps: int, num_classes: int, image_shape) -> Dict[str,
   c = config
   train_lib.validate_search_config(c)
   model = train_lib.build_search_model(c, num_classes)
-  weight_tx, schedule = train_lib._search_weight_optimizer(c, 10_000)  # pylint: disable=protected-access
+  weight_tx, schedule = train_lib.search_weight_optimizer(c, 10_000)
   arch_tx = search.darts_arch_optimizer(c.search.arch_learning_rate,
                                         weight_decay=c.search.arch_weight_decay)
   strategy = darts(order=c.search.order, hessian=c.search.hessian, learning_rate=schedule)
@@ -100,7 +122,8 @@ def bench_search(config, steps: int, num_classes: int, image_shape) -> Dict[str,
   step = search.make_search_step(model, strategy, weight_tx, arch_tx)
   r = time_step(step, (state, batch, batch), steps, lambda out, a: (out[0],) + tuple(a[1:]))
   # A search step trains on one batch and updates alpha on another.
-  r["images_per_s"] = round(2 * c.data.batch_size / (r["step_ms_median"] / 1e3), 1)
+  r["images_per_s"] = (round(2 * c.data.batch_size / (r["step_ms_median"] / 1e3), 1)
+                       if r["step_ms_median"] else None)
   return {"benchmark": "search", **device_info(), "space": c.model.space,
           "channels": c.model.channels, "layers": c.model.layers, "nodes": c.model.nodes,
           "batch": c.data.batch_size, "order": c.search.order,
@@ -114,18 +137,19 @@ def bench_train(config, genotype, steps: int, num_classes: int, image_shape,
   c = config
   train_lib.validate_train_config(c, genotype)
   model = train_lib.build_train_model(c, genotype, num_classes)
-  tx, _ = train_lib._train_optimizer(c, 10_000, 100)  # pylint: disable=protected-access
+  tx, _ = train_lib.train_optimizer(c, 10_000, 100)
   key = jax.random.key(c.seed)
   batch = _random_batch(key, c.data.batch_size, image_shape, num_classes)
   rows = []
   for name in dtypes or [c.train.compute_dtype]:
-    dtype = train_lib._compute_dtype(name)  # pylint: disable=protected-access
+    dtype = train_lib.compute_dtype(name)
     state = retrain.init_train_state(model, tx, key, batch["image"][:2])
     step = retrain.make_train_step(model, tx, aux_weight=c.train.aux_weight,
                                    label_smoothing=c.train.label_smoothing, compute_dtype=dtype)
     dpp = jnp.float32(c.train.drop_path_prob)
     r = time_step(step, (state, batch, dpp), steps, lambda out, a: (out[0],) + tuple(a[1:]))
-    r["images_per_s"] = round(c.data.batch_size / (r["step_ms_median"] / 1e3), 1)
+    r["images_per_s"] = (round(c.data.batch_size / (r["step_ms_median"] / 1e3), 1)
+                         if r["step_ms_median"] else None)
     rows.append({"benchmark": "train", **device_info(), "space": c.model.space,
                  "channels": c.model.channels, "layers": c.model.layers,
                  "batch": c.data.batch_size, "dtype": jnp.dtype(dtype).name,

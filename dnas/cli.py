@@ -40,7 +40,7 @@ def _define_flags(fv: flags.FlagValues, argv: List[str]) -> None:
                       flag_values=fv)
   flags.DEFINE_string("out", None, "output folder for `plot --genotype`", flag_values=fv)
   flags.DEFINE_bool("json", False, "print JSON", flag_values=fv)
-  flags.DEFINE_integer("steps", 10, "`bench`: steps timed after compiling", flag_values=fv)
+  flags.DEFINE_integer("steps", 10, "`bench`: steps timed after compiling (0: compile only)", flag_values=fv)
   flags.DEFINE_string("dtypes", None, "`bench train`: comma-separated compute dtypes "
                       "(default: the config's train.compute_dtype)", flag_values=fv)
 
@@ -151,8 +151,8 @@ def _bench(fv: flags.FlagValues, what: str) -> int:
     raise UsageError(f"bench takes `search` or `train`, got {what!r}")
   if fv.config is None:
     raise UsageError(f"bench {what} needs --config")
-  if fv.steps < 1:
-    raise UsageError(f"--steps must be >= 1, got {fv.steps}")
+  if fv.steps < 0:
+    raise UsageError(f"--steps must be >= 0 (0: compile only), got {fv.steps}")
   from dnas import bench  # pylint: disable=g-import-not-at-top
   cfg = fv.config
   if cfg.data.name not in _DATA_SHAPES:

@@ -181,7 +181,7 @@ def _add_scalars(writer, prefix: str, line: Dict[str, Any], step: int) -> None:
       writer.add_scalar(f"{prefix}/{k}", v, step)
 
 
-def _search_weight_optimizer(c: ml_collections.ConfigDict, total_steps: int):
+def search_weight_optimizer(c: ml_collections.ConfigDict, total_steps: int):
   """``search.darts_weight_optimizer``, with Nesterov momentum if ``search.nesterov``.
 
   NAS-Bench-201's DARTS runs use Nesterov SGD (``configs/nas-benchmark/algos/DARTS.config``).
@@ -368,7 +368,7 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
 
   model = build_search_model(c, ds.num_classes)
   op_set = OP_SETS[c.model.op_set]
-  weight_tx, schedule = _search_weight_optimizer(c, total)
+  weight_tx, schedule = search_weight_optimizer(c, total)
   arch_tx = search.darts_arch_optimizer(c.search.arch_learning_rate,
                                         weight_decay=c.search.arch_weight_decay)
   strategy = darts(order=c.search.order, hessian=c.search.hessian, learning_rate=schedule)
@@ -539,7 +539,8 @@ def build_train_model(c: ml_collections.ConfigDict, genotype, num_classes: int):
                                cells_per_stage=c.model.layers)
 
 
-def _train_optimizer(c, total_steps, steps_per_epoch):
+def train_optimizer(c, total_steps, steps_per_epoch):
+  """The retraining optimizer ``train.optimizer`` names and its learning-rate schedule."""
   from dnas import retrain  # pylint: disable=g-import-not-at-top
   t = c.train
   kw = dict(learning_rate=t.learning_rate, momentum=t.momentum, weight_decay=t.weight_decay,
@@ -553,7 +554,8 @@ def _train_optimizer(c, total_steps, steps_per_epoch):
           retrain.cosine_schedule(total_steps, t.learning_rate, t.min_learning_rate))
 
 
-def _compute_dtype(name: str):
+def compute_dtype(name: str):
+  """``train.compute_dtype`` as a dtype: ``auto`` is float32 on the CPU, bfloat16 elsewhere."""
   if name == "auto":
     return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
   return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
@@ -700,8 +702,8 @@ def run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
   total = spe * c.train.epochs
 
   model = build_train_model(c, genotype, feed.num_classes)
-  dtype = _compute_dtype(c.train.compute_dtype)
-  tx, schedule = _train_optimizer(c, total, spe)
+  dtype = compute_dtype(c.train.compute_dtype)
+  tx, schedule = train_optimizer(c, total, spe)
   t0 = time.time()
   state = retrain.init_train_state(model, tx, init_key, jnp.zeros((2,) + feed.image_shape))
   ckpt = os.path.join(workdir, "checkpoint.msgpack")

@@ -42,9 +42,13 @@ def test_time_step_threads_the_state_and_reports_xla_flops():
   assert r["peak_fraction"] is None  # no known peak for a CPU
 
 
-def test_time_step_rejects_zero_steps():
+def test_time_step_zero_steps_compiles_only_and_negative_is_an_error():
+  calls = []
+  r = bench.time_step(jax.jit(lambda x: x), (1.0,), 0, lambda o, a: calls.append(o) or a)
+  assert calls == [] and r["compile_s"] >= 0
+  assert r["step_ms_median"] is None and r["step_ms_min"] is None and r["peak_fraction"] is None
   with pytest.raises(ValueError, match="steps"):
-    bench.time_step(jax.jit(lambda x: x), (1.0,), 0, lambda o, a: a)
+    bench.time_step(jax.jit(lambda x: x), (1.0,), -1, lambda o, a: a)
 
 
 def test_bench_train_counts_the_weights_dnas_info_counts(capsys):
@@ -78,3 +82,14 @@ def test_bench_usage_errors_exit_2(args, needle, capsys):
   assert e.value.code == 2
   err = capsys.readouterr().err
   assert needle in err and "Traceback" not in err
+
+
+def test_xla_memory_counts_arguments_outputs_and_donation():
+  n = 256
+  x = jnp.ones((n, n))
+  plain = bench.xla_memory(jax.jit(lambda x: x * 2).lower(x).compile())
+  donated = bench.xla_memory(jax.jit(lambda x: x * 2, donate_argnums=0).lower(x).compile())
+  size = n * n * 4
+  assert plain["xla_peak_bytes_estimate"] == 2 * size + plain["xla_temp_bytes"]
+  # A donated input's buffer is reused for the output: one array less at the peak.
+  assert donated["xla_peak_bytes_estimate"] == size + donated["xla_temp_bytes"]
