@@ -71,7 +71,7 @@ def test_bench_train_counts_the_weights_dnas_info_counts(capsys):
     (["bench"], "bench"),
     (["bench", "fly", "--config", f"{CONFIG}:smoke"], "fly"),
     (["bench", "search"], "--config"),
-    (["bench", "search", "--config", f"{CONFIG}:smoke", "--steps", "0"], "--steps"),
+    (["bench", "search", "--config", f"{CONFIG}:smoke", "--steps", "-1"], "--steps"),
     (["bench", "train", "--config", f"{TRAIN_CONFIG}:smoke"], "--genotype"),
     (["bench", "train", "--config", f"{TRAIN_CONFIG}:smoke", "--genotype", "DARTS_V2",
       "--dtypes", "float16"], "float16"),
