@@ -75,6 +75,12 @@ def test_folder_and_tar_read_what_the_array_loader_decodes(subset_folder, subset
     images, labels = _all(stream.test_batches(train, 32, workers=2))
     np.testing.assert_array_equal(images, ds.train_images)
     np.testing.assert_array_equal(labels, ds.train_labels)
+    # Statistics from every image (100 <= max_images) are the loader's; from 50, close to them.
+    mean, std = stream.estimate_stats(train, max_images=100)
+    np.testing.assert_allclose(mean, ds.mean, rtol=1e-5)
+    np.testing.assert_allclose(std, ds.std, rtol=1e-5)
+    mean, _ = stream.estimate_stats(train, max_images=50)
+    np.testing.assert_allclose(mean, ds.mean, atol=0.05)
 
 
 def test_train_batches_epoch_order_determinism_and_resume(subset_folder):
