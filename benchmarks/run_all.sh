@@ -20,6 +20,7 @@ if [ "$MODE" = cpu ]; then
   run $S --space nb201 --channels 16 --layers 5 --batch 64 --steps 2 --label nb201_o1
   run $PY benchmarks/train_step.py --channels 16 --layers 8 --batch 16 --steps 3
   run $PY benchmarks/data_pipeline.py --steps 50
+  run $PY benchmarks/stream_pipeline.py --workers 1,2,4
 else
   for b in 64 256; do
     for o in 1 2; do
@@ -30,5 +31,6 @@ else
   run $S --space nb201 --channels 16 --layers 5 --batch 64 --steps 20 --label nb201_o1
   run $PY benchmarks/train_step.py --batch 96 --steps 20
   run $PY benchmarks/data_pipeline.py
+  run $PY benchmarks/stream_pipeline.py --workers 4,8,16
 fi
 rm -rf "$CACHE"

@@ -77,6 +77,48 @@ def test_depthwise_shift_equals_grouped_conv(k, s, p, d):
     np.testing.assert_allclose(g, r, atol=1e-4)
 
 
+@pytest.mark.parametrize("k,s,p,d", [(3, 1, 1, 1), (3, 2, 1, 1), (1, 1, 0, 1), (5, 2, 2, 1),
+                                     (3, 1, 2, 2), (3, 2, 0, 1)])
+def test_dense_im2col_equals_conv(k, s, p, d):
+  x = jax.random.normal(jax.random.key(0), (2, 9, 8, 3))
+  w = jax.random.normal(jax.random.key(1), (k, k, 3, 5))
+  conv = lambda x, w: jax.lax.conv_general_dilated(  # noqa: E731
+      x, w, (s, s), ((p, p), (p, p)), rhs_dilation=(d, d),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  ref = conv(x, w)
+  np.testing.assert_allclose(layers.dense_conv_im2col(x, w, s, p, d), ref, atol=1e-4)
+  ct = jax.random.normal(jax.random.key(2), ref.shape)
+  grad = lambda f: jax.grad(lambda x, w: jnp.vdot(f(x, w), ct), (0, 1))(x, w)  # noqa: E731
+  got = grad(lambda x, w: layers.dense_conv_im2col(x, w, s, p, d))
+  for g, r in zip(got, grad(conv)):
+    np.testing.assert_allclose(g, r, atol=1e-4)
+
+
+@pytest.mark.parametrize("impl,want", [("conv", "conv"), ("im2col", "im2col"),
+                                       ("auto", "im2col")])
+def test_dense_impl_follows_the_environment(monkeypatch, impl, want):
+  monkeypatch.setenv("DNAS_DENSE_CONV", impl)
+  assert layers._dense_impl() == want  # auto: im2col, as these tests run on the CPU
+  monkeypatch.setenv("DNAS_DENSE_CONV", "winograd")
+  with pytest.raises(ValueError, match="DNAS_DENSE_CONV"):
+    layers._dense_impl()
+
+
+@pytest.mark.parametrize("name", ["nor_conv_3x3", "nor_conv_1x1"])
+def test_nb201_ops_agree_under_both_dense_forms(monkeypatch, name):
+  op = registry.get(name)(4, 1, affine=True)
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 4))
+  variables = op.init(jax.random.key(1), x, True)
+  outs = []
+  for impl in ("conv", "im2col"):
+    monkeypatch.setenv("DNAS_DENSE_CONV", impl)
+    loss = lambda p, x: jnp.sum(jnp.tanh(op.apply({**variables, "params": p}, x, True,  # noqa: E731
+                                                  mutable=["batch_stats"])[0]))
+    outs.append(jax.value_and_grad(loss, (0, 1))(variables["params"], x))
+  for got, want in zip(jax.tree.leaves(outs[1]), jax.tree.leaves(outs[0])):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("impl,want", [("conv", "conv"), ("shift", "shift"), ("auto", "shift")])
 def test_depthwise_impl_follows_the_environment(monkeypatch, impl, want):
   monkeypatch.setenv("DNAS_DEPTHWISE", impl)

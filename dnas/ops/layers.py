@@ -53,6 +53,8 @@ class Conv(nn.Module):
     p = self.padding
     if self.depthwise and _depthwise_impl() == "shift":
       return depthwise_conv_shift(x, w.astype(x.dtype), self.stride, p, self.dilation)
+    if not self.depthwise and _dense_impl() == "im2col":
+      return dense_conv_im2col(x, w.astype(x.dtype), self.stride, p, self.dilation)
     return jax.lax.conv_general_dilated(
         x, w.astype(x.dtype), window_strides=(self.stride, self.stride),
         padding=((p, p), (p, p)), rhs_dilation=(self.dilation, self.dilation),
@@ -78,6 +80,50 @@ def _depthwise_impl() -> str:
   return impl
 
 
+DENSE_IMPLS = ("auto", "conv", "im2col")
+
+
+def _dense_impl() -> str:
+  """How dense ``k x k`` convolutions (``k > 1``) are computed: ``$DNAS_DENSE_CONV``.
+
+  ``im2col`` gathers the ``k * k`` shifted views into one ``[B, H, W, k * k * C]`` array and
+  multiplies it by the reshaped kernel. Its gradients are matrix products too, whereas XLA's
+  CPU backend computes a convolution's kernel gradient as a convolution with a window the size
+  of the image (measured 1.8 GFLOP/s on the NAS-Bench-201 supernet). ``auto`` picks ``im2col``
+  on the CPU and the native convolution on accelerators. Read when a model is traced.
+  """
+  impl = os.environ.get("DNAS_DENSE_CONV", "auto")
+  if impl not in DENSE_IMPLS:
+    raise ValueError(f"DNAS_DENSE_CONV={impl!r} is not one of {list(DENSE_IMPLS)}")
+  if impl == "auto":
+    return "im2col" if jax.default_backend() == "cpu" else "conv"
+  return impl
+
+
+def _shifted_views(x, k: int, stride: int, padding: int, dilation: int):
+  """The ``k * k`` strided views of the zero-padded ``x`` a ``k x k`` convolution reads."""
+  h, wd = x.shape[1], x.shape[2]
+  out_h = (h + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+  out_w = (wd + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  return [jax.lax.slice(
+      xp, (0, i * dilation, j * dilation, 0),
+      (xp.shape[0], i * dilation + (out_h - 1) * stride + 1,
+       j * dilation + (out_w - 1) * stride + 1, xp.shape[3]),
+      (1, stride, stride, 1)) for i in range(k) for j in range(k)]
+
+
+def dense_conv_im2col(x, w, stride: int, padding: int, dilation: int):
+  """Dense convolution as one matrix product over gathered patches (im2col).
+
+  Equal to ``lax.conv_general_dilated`` with kernel ``w`` of shape ``[k, k, C, D]`` (HWIO),
+  symmetric ``padding``, ``stride`` and kernel ``dilation``.
+  """
+  k, _, c, d = w.shape
+  patches = jnp.concatenate(_shifted_views(x, k, stride, padding, dilation), axis=-1)
+  return jnp.einsum("bhwk,kd->bhwd", patches, w.reshape(k * k * c, d))
+
+
 def depthwise_conv_shift(x, w, stride: int, padding: int, dilation: int):
   """Depthwise convolution as a sum of ``k * k`` shifted, channel-scaled views of ``x``.
 
@@ -85,20 +131,10 @@ def depthwise_conv_shift(x, w, stride: int, padding: int, dilation: int):
   ``[k, k, 1, C]``, symmetric ``padding``, ``stride`` and kernel ``dilation``.
   """
   k = w.shape[0]
-  h, wd = x.shape[1], x.shape[2]
-  out_h = (h + 2 * padding - dilation * (k - 1) - 1) // stride + 1
-  out_w = (wd + 2 * padding - dilation * (k - 1) - 1) // stride + 1
-  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
   out = None
-  for i in range(k):
-    for j in range(k):
-      view = jax.lax.slice(
-          xp, (0, i * dilation, j * dilation, 0),
-          (xp.shape[0], i * dilation + (out_h - 1) * stride + 1,
-           j * dilation + (out_w - 1) * stride + 1, xp.shape[3]),
-          (1, stride, stride, 1))
-      term = view * w[i, j, 0]
-      out = term if out is None else out + term
+  for n, view in enumerate(_shifted_views(x, k, stride, padding, dilation)):
+    term = view * w[n // k, n % k, 0]
+    out = term if out is None else out + term
   return out
 
 
