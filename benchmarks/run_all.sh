@@ -19,6 +19,7 @@ if [ "$MODE" = cpu ]; then
   run $S --channels 16 --layers 8 --batch 64 --order 2 --steps 0 --label paper_o2_cold
   run $S --space nb201 --channels 16 --layers 5 --batch 64 --steps 2 --label nb201_o1
   run $PY benchmarks/train_step.py --channels 16 --layers 8 --batch 16 --steps 3
+  run $PY benchmarks/train_step.py --batch 8 --steps 2 --label paper_network_b8
   run $PY benchmarks/data_pipeline.py --steps 50
   run $PY benchmarks/stream_pipeline.py --workers 1,2,4
 else

@@ -8,7 +8,9 @@ Usage::
 The step of ``experiments/train_cifar10.py`` (the DARTS CIFAR recipe: SGD with momentum,
 weight decay, clip 5, auxiliary head 0.4, drop-path 0.2) on random inputs of CIFAR's shape.
 Each dtype is compiled and timed in the same process, so the variants are compared in one run.
-``peak_mem_bytes`` is what the backend reports (GPUs; ``null`` on the CPU). The same as
+``peak_mem_bytes`` is what the backend's allocator reports (GPUs; ``null`` on the CPU);
+``xla_peak_bytes_estimate`` is XLA's buffer plan for the step (arguments + outputs - donated
+buffers + temporaries), reported on every backend. The same as
 ``dnas bench train --config experiments/train_cifar10.py --genotype DARTS_V2 --json``.
 """
 

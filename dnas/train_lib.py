@@ -656,11 +656,13 @@ class _StreamFeed:
     self.normalize = jax.jit(functools.partial(data_lib.augment, key=None, step=0,
                                                mean=self.mean, std=self.std, train=False))
     self._it, self._next_step = None, None
+    self.total_steps = None  # set by the caller: the stream then ends with the run
 
   def train_batch(self, step: int):
     if self._it is None or step != self._next_step:
       batches = self.stream.train_batches(
           self.train_src, self.c.data.batch_size, seed=self.c.seed, start_step=step,
+          num_steps=(self.total_steps - step) if self.total_steps else None,
           image_size=self.c.data.image_size, workers=self.c.data.workers, indices=self.train_idx)
       self._it = self.stream.prefetch_to_device(batches, 2, self.sharding)
     images, labels = next(self._it)
@@ -700,6 +702,7 @@ def run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
     feed = _MemoryFeed(c, sub_key, data_key)
   spe = data_lib.steps_per_epoch(feed.n_train, bs)
   total = spe * c.train.epochs
+  feed.total_steps = total
 
   model = build_train_model(c, genotype, feed.num_classes)
   dtype = compute_dtype(c.train.compute_dtype)
