@@ -94,7 +94,7 @@ def _info(cfg, genotype_spec: Optional[str] = None) -> dict:
       raise UsageError("info: --genotype goes with a train config, not a search config")
     train_lib.validate_search_config(cfg)
     model = train_lib.build_search_model(cfg, num_classes)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
     forward = lambda v, images: model.apply(v, images, None, train=False)
     info = {"kind": "search", "space": cfg.model.space, "n_params": count(shapes["params"]),
             "n_params_aux": count(shapes["params"]), "n_arch_params": count(shapes["arch"]),
@@ -105,7 +105,7 @@ def _info(cfg, genotype_spec: Optional[str] = None) -> dict:
     genotype = _load_genotype(genotype_spec)
     train_lib.validate_train_config(cfg, genotype)
     model = train_lib.build_train_model(cfg, genotype, num_classes)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=True))
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=True), x)
     params = shapes["params"]
     forward = lambda v, images: model.apply(v, images, train=False)[0]
     info = {"kind": "train", "space": cfg.model.space,

@@ -125,10 +125,11 @@ def test_nb201_scanned_stages_equal_unrolled_cells():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_nb201_supernet_has_no_grouped_convolution():
+def test_nb201_supernet_has_no_grouped_convolution(monkeypatch):
   """Edges reading one shared input vmap only their weights: XLA sees dense convolutions with
   the edges' channels side by side, not grouped ones over stacked copies of the input (slow on
-  the CPU)."""
+  the CPU). Checked on the native convolution (the CPU default, im2col, has none at all)."""
+  monkeypatch.setenv("DNAS_DENSE_CONV", "conv")
   model = NB201SearchNet(channels=4, cells_per_stage=1)
   x = jnp.zeros((2, 8, 8, 3))
   v = _shapes(model, hw=8)
