@@ -108,12 +108,11 @@ def test_cell_rejects_wrong_weight_shape():
 
 
 
-@pytest.mark.parametrize("scan_nodes", [True, False])
-def test_cell_with_shifted_depthwise_equals_explicit_sum(monkeypatch, scan_nodes):
+def test_cell_with_shifted_depthwise_equals_explicit_sum(monkeypatch):
   """Under the CPU's shifted-sum depthwise form, DARTS' depthwise ops get the shared input
   broadcast along the edge axis while pools and skips read it unbatched: both paths in one cell
   (one cell input, so every group has a single source)."""
   monkeypatch.setenv("DNAS_DEPTHWISE", "shift")
   assert not cell_lib._reads_shared_input("sep_conv_3x3")
   assert cell_lib._reads_shared_input("max_pool_3x3")
-  test_cell_equals_explicit_weighted_sum(DARTS, 1, 3, False, scan_nodes)
+  test_cell_equals_explicit_weighted_sum(DARTS, 1, 3, False, scan_nodes=True)
