@@ -462,6 +462,17 @@ def _network_reachable(timeout: float = 3.0) -> bool:
   return False
 
 
+def import_tfds(name: str, hint: str):
+  """``tensorflow_datasets``, imported when first needed; a DataError naming ``data.name`` and
+  saying what to do (``hint``) if it is not installed."""
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise DataError(f"data.name={name!r} needs tensorflow-datasets, which is not installed: "
+                    f"pip install tensorflow-datasets, or {hint}") from e
+  return tfds
+
+
 def _read_all(source) -> Tuple[np.ndarray, np.ndarray]:
   """Every example of a TFDS data source as ``(uint8 [N, H, W, C], labels [N])``."""
   images, labels = [], []
@@ -477,12 +488,7 @@ def _load_tfds(name: str, data_dir: Optional[str]) -> ArrayDataset:
     raise DataError(f"data.name={name!r} is not a known dataset; valid names: "
                     f"{', '.join(TFDS_NAMES)} (or set data.path to a local archive or folder)")
   tfds_name, test_split, keep = _TFDS_SOURCES[name]
-  try:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise DataError(
-        f"data.name={name!r} needs tensorflow-datasets, which is not installed: "
-        f"pip install tensorflow-datasets, or {_HINT}") from e
+  tfds = import_tfds(name, _HINT)
 
   def fetch(download: bool):
     if importlib.util.find_spec("tensorflow") is None:

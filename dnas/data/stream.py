@@ -287,11 +287,7 @@ def open_tfds(name: str, data_dir: Optional[str] = None) -> Tuple[StreamSource, 
     raise DataError(f"data.name={name!r} cannot be streamed from TFDS; valid names: "
                     f"{', '.join(TFDS_STREAM_NAMES)} (or set data.path to a local folder or .tar)")
   tfds_name, train_split, test_split = _TFDS_STREAMS[name]
-  try:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise DataError(f"data.name={name!r} needs tensorflow-datasets, which is not installed: "
-                    f"pip install tensorflow-datasets, or set data.path to a local folder") from e
+  tfds = sources.import_tfds(name, "set data.path to a local folder or .tar")
   try:
     builder = tfds.builder(tfds_name, data_dir=data_dir)
     class_names = list(builder.info.features["label"].names)

@@ -72,11 +72,17 @@ def _depthwise_impl() -> str:
   picks ``shift`` on the CPU. Accelerators keep the native depthwise convolution. Read when a
   model is traced.
   """
-  impl = os.environ.get("DNAS_DEPTHWISE", "auto")
-  if impl not in DEPTHWISE_IMPLS:
-    raise ValueError(f"DNAS_DEPTHWISE={impl!r} is not one of {list(DEPTHWISE_IMPLS)}")
+  return _impl_from_env("DNAS_DEPTHWISE", DEPTHWISE_IMPLS, on_cpu="shift")
+
+
+def _impl_from_env(var: str, valid: Tuple[str, ...], on_cpu: str) -> str:
+  """``$var`` (default ``auto``) checked against ``valid``; ``auto`` is ``on_cpu`` on the CPU
+  and ``conv`` (XLA's native convolution) elsewhere."""
+  impl = os.environ.get(var, "auto")
+  if impl not in valid:
+    raise ValueError(f"{var}={impl!r} is not one of {list(valid)}")
   if impl == "auto":
-    return "shift" if jax.default_backend() == "cpu" else "conv"
+    return on_cpu if jax.default_backend() == "cpu" else "conv"
   return impl
 
 
@@ -92,12 +98,7 @@ def _dense_impl() -> str:
   of the image (measured 1.8 GFLOP/s on the NAS-Bench-201 supernet). ``auto`` picks ``im2col``
   on the CPU and the native convolution on accelerators. Read when a model is traced.
   """
-  impl = os.environ.get("DNAS_DENSE_CONV", "auto")
-  if impl not in DENSE_IMPLS:
-    raise ValueError(f"DNAS_DENSE_CONV={impl!r} is not one of {list(DENSE_IMPLS)}")
-  if impl == "auto":
-    return "im2col" if jax.default_backend() == "cpu" else "conv"
-  return impl
+  return _impl_from_env("DNAS_DENSE_CONV", DENSE_IMPLS, on_cpu="im2col")
 
 
 def _shifted_views(x, k: int, stride: int, padding: int, dilation: int):
