@@ -354,10 +354,9 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
   ds = data_lib.load(c.data.name, path=c.data.path or None, data_dir=c.data.data_dir or None,
                      cache_dir=c.data.cache_dir or None)
   images, labels = ds.train_images, ds.train_labels
-  if c.data.train_size:
-    # A seeded random subset: archives list their images class by class.
-    keep = np.sort(np.asarray(jax.random.permutation(
-        jax.random.fold_in(jax.random.key(c.seed), 1), len(labels)))[:c.data.train_size])
+  # A seeded random subset: archives list their images class by class.
+  keep = _subset(jax.random.fold_in(jax.random.key(c.seed), 1), len(labels), c.data.train_size)
+  if keep is not None:
     images, labels = images[keep], labels[keep]
   tr_idx, va_idx = data_lib.search_split(len(labels), c.data.train_portion, c.seed)
   train = data_lib.to_device(images[tr_idx], labels[tr_idx])
@@ -496,6 +495,8 @@ def validate_train_config(c: ml_collections.ConfigDict, genotype) -> None:
              and all(isinstance(v, (int, float)) for v in value), f"data.{key}",
              "must be () (estimated from the training images) or one number per channel")
     _check(all(float(v) > 0 for v in c.data.std), "data.std", "must be positive")
+    _check(bool(len(c.data.mean)) == bool(len(c.data.std)), "data.mean",
+           "data.mean and data.std are given together, or both () to estimate both")
     if c.data.image_size and not c.data.streaming:
       raise ConfigError("data.image_size: resizing is done by the streaming pipeline only; set "
                         "data.streaming=True, or data.image_size=0")
@@ -643,7 +644,7 @@ class _StreamFeed:
     size = c.data.image_size
     first = self.train_src.read(0)[0]
     self.image_shape = (size, size, 3) if size else tuple(first.shape)
-    if len(c.data.mean) and len(c.data.std):
+    if len(c.data.mean):
       self.mean = np.broadcast_to(np.asarray(c.data.mean, np.float32), self.image_shape[-1:])
       self.std = np.broadcast_to(np.asarray(c.data.std, np.float32), self.image_shape[-1:])
     else:
@@ -653,8 +654,8 @@ class _StreamFeed:
     self.augment = jax.jit(functools.partial(
         data_lib.augment, mean=self.mean, std=self.std, crop_padding=c.data.crop_padding,
         flip=c.data.flip, cutout=c.data.cutout, sharding=self.sharding))
-    self.normalize = jax.jit(functools.partial(data_lib.augment, key=None, step=0,
-                                               mean=self.mean, std=self.std, train=False))
+    self.normalize = jax.jit(functools.partial(data_lib.normalize, mean=self.mean,
+                                               std=self.std))
     self._it, self._next_step = None, None
     self.total_steps = None  # set by the caller: the stream then ends with the run
 
@@ -674,7 +675,7 @@ class _StreamFeed:
                                        image_size=self.c.data.image_size,
                                        workers=self.c.data.workers, indices=self.test_idx)
     for images, labels in self.stream.prefetch_to_device(batches, 2):
-      yield self.normalize(images, labels)
+      yield {"image": self.normalize(images), "label": labels}
 
 
 def run_train(config: ml_collections.ConfigDict, genotype, workdir: str,

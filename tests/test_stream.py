@@ -249,3 +249,7 @@ def test_streaming_config_errors_name_the_key():
   c.data.std = (0.2, 0.0, 0.2)
   with pytest.raises(train_lib.ConfigError, match="data.std"):
     train_lib.validate_train_config(c, genotype)
+  c = _smoke_config()
+  c.data.mean = (0.5, 0.5, 0.5)  # without data.std
+  with pytest.raises(train_lib.ConfigError, match="data.mean"):
+    train_lib.validate_train_config(c, genotype)

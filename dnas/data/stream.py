@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 from dnas.data import sources
+from dnas.data.pipeline import steps_per_epoch
 from dnas.data.sources import DataError
 
 _SPLITS = ("train", "test")
@@ -429,7 +430,6 @@ def train_batches(source: StreamSource, batch_size: int, *, seed: int, start_ste
   import grain  # pylint: disable=g-import-not-at-top
   indices = np.arange(len(source)) if indices is None else np.asarray(indices)
   n = len(indices)
-  from dnas.data.pipeline import steps_per_epoch  # pylint: disable=g-import-not-at-top
   spe = steps_per_epoch(n, batch_size)
   reader = _Reader(source, image_size, train=True, seed=seed)
 
