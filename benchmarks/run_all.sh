@@ -13,12 +13,15 @@ if [ "$MODE" = cpu ]; then
   for dw in conv shift; do
     DNAS_DEPTHWISE=$dw run $S --channels 8 --layers 5 --batch 8 --steps 5 --label cpu_target_$dw
   done
+  run $S --channels 8 --layers 5 --batch 8 --steps 5 --cpu-preset default --label cpu_target_xla_default
   run $S --channels 16 --layers 8 --batch 64 --steps 0 --cache "$CACHE" --label paper_o1_cold
   run $S --channels 16 --layers 8 --batch 64 --steps 0 --cache "$CACHE" --label paper_o1_warm
   DNAS_DEPTHWISE=conv run $S --channels 16 --layers 8 --batch 64 --steps 0 --label paper_o1_conv_cold
   run $S --channels 16 --layers 8 --batch 64 --order 2 --steps 0 --label paper_o2_cold
-  run $S --space nb201 --channels 16 --layers 5 --batch 64 --steps 2 --label nb201_o1
-  run $PY benchmarks/train_step.py --channels 16 --layers 8 --batch 16 --steps 3
+  for p in default fast_compile; do
+    run $S --space nb201 --channels 16 --layers 5 --batch 64 --steps 2 --cpu-preset $p --label nb201_o1_$p
+    run $PY benchmarks/train_step.py --channels 16 --layers 8 --batch 16 --steps 3 --cpu-preset $p --label $p
+  done
   run $PY benchmarks/train_step.py --batch 8 --steps 2 --label paper_network_b8
   run $PY benchmarks/data_pipeline.py --steps 50
   run $PY benchmarks/stream_pipeline.py --workers 1,2,4

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from dnas import bench, search  # noqa: E402
+from dnas import bench, compiler, search  # noqa: E402
 from dnas.ops import layers  # noqa: E402
 from dnas.spaces import DartsSearchNet, NB201SearchNet  # noqa: E402
 from dnas.strategies import darts  # noqa: E402
@@ -37,6 +37,8 @@ def main():
   p.add_argument("--order", type=int, default=1)
   p.add_argument("--steps", type=int, default=5, help="steps timed; 0: compile only")
   p.add_argument("--cache", default="")
+  p.add_argument("--cpu-preset", default="fast_compile",
+                 help="XLA's CPU optimisation preset: fast_compile, default or fast_runtime")
   p.add_argument("--label", default="")
   p.add_argument("--unroll-nodes", action="store_true",
                  help="one op group per source node instead of the scan over node-to-node edges")
@@ -59,12 +61,12 @@ def main():
   batch = {"image": images, "label": jnp.arange(a.batch) % 10}
 
   t = time.perf_counter()
-  state = jax.jit(lambda k: search.init_search_state(model, strategy, weight_tx, arch_tx, k,
-                                                     images[:2]))(key)
+  state = compiler.jit(lambda k: search.init_search_state(model, strategy, weight_tx, arch_tx, k,
+                                                          images[:2]), cpu_preset=a.cpu_preset)(key)
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t
 
-  step = search.make_search_step(model, strategy, weight_tx, arch_tx)
+  step = search.make_search_step(model, strategy, weight_tx, arch_tx, cpu_preset=a.cpu_preset)
   t = time.perf_counter()
   lowered = step.lower(state, batch, batch)  # tracing and lowering, timed apart from compiling
   trace_s = time.perf_counter() - t
@@ -76,6 +78,7 @@ def main():
       "space": a.space, "channels": a.channels, "layers": a.layers, "nodes": a.nodes,
       "batch": a.batch, "order": a.order, "scan_nodes": not a.unroll_nodes,
       "depthwise": layers._depthwise_impl(),  # pylint: disable=protected-access
+      "compiler_options": compiler.options(a.cpu_preset),
       "init_s": round(init_s, 2), "trace_s": round(trace_s, 2), **r,
       "images_per_s": (round(2 * a.batch / (r["step_ms_median"] / 1e3), 1)
                        if r["step_ms_median"] else None)}), flush=True)

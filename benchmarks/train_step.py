@@ -33,6 +33,8 @@ def main():
   p.add_argument("--batch", type=int, default=96)
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--dtypes", default="float32,bfloat16")
+  p.add_argument("--cpu-preset", default="fast_compile",
+                 help="XLA's CPU optimisation preset: fast_compile, default or fast_runtime")
   p.add_argument("--label", default="")
   a = p.parse_args()
 
@@ -43,7 +45,7 @@ def main():
   c = module.get_config()
   c.model.channels, c.model.layers, c.data.batch_size = a.channels, a.layers, a.batch
   for row in bench.bench_train(c, published.get(a.genotype), a.steps, 10, (32, 32, 3),
-                               a.dtypes.split(",")):
+                               a.dtypes.split(","), cpu_preset=a.cpu_preset):
     print(json.dumps({**row, "label": a.label, "genotype": a.genotype}), flush=True)
 
 

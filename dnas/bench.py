@@ -103,13 +103,19 @@ def _random_batch(key, batch: int, shape, num_classes: int):
           "label": jnp.arange(batch) % num_classes}
 
 
-def bench_search(config, steps: int, num_classes: int, image_shape) -> Dict[str, Any]:
-  """Times the search step a search config builds (``dnas.train_lib.run_search``'s step)."""
-  from dnas import search, train_lib  # pylint: disable=g-import-not-at-top
+def bench_search(config, steps: int, num_classes: int, image_shape,
+                 cpu_preset: Optional[str] = None) -> Dict[str, Any]:
+  """Times the search step a search config builds (``dnas.train_lib.run_search``'s step).
+
+  ``cpu_preset`` is XLA's CPU optimisation preset (``dnas.compiler.options``); default: the
+  config's ``xla_cpu_preset``.
+  """
+  from dnas import compiler, search, train_lib  # pylint: disable=g-import-not-at-top
   from dnas.ops import layers  # pylint: disable=g-import-not-at-top
   from dnas.strategies import darts  # pylint: disable=g-import-not-at-top
   c = config
   train_lib.validate_search_config(c)
+  cpu_preset = cpu_preset or c.xla_cpu_preset
   model = train_lib.build_search_model(c, num_classes)
   weight_tx, schedule = train_lib.search_weight_optimizer(c, 10_000)
   arch_tx = search.darts_arch_optimizer(c.search.arch_learning_rate,
@@ -117,9 +123,10 @@ def bench_search(config, steps: int, num_classes: int, image_shape) -> Dict[str,
   strategy = darts(order=c.search.order, hessian=c.search.hessian, learning_rate=schedule)
   key = jax.random.key(c.seed)
   batch = _random_batch(key, c.data.batch_size, image_shape, num_classes)
-  state = jax.jit(lambda k: search.init_search_state(model, strategy, weight_tx, arch_tx, k,
-                                                     batch["image"][:2]))(key)
-  step = search.make_search_step(model, strategy, weight_tx, arch_tx)
+  state = compiler.jit(lambda k: search.init_search_state(model, strategy, weight_tx, arch_tx, k,
+                                                          batch["image"][:2]),
+                       cpu_preset=cpu_preset)(key)
+  step = search.make_search_step(model, strategy, weight_tx, arch_tx, cpu_preset=cpu_preset)
   r = time_step(step, (state, batch, batch), steps, lambda out, a: (out[0],) + tuple(a[1:]))
   # A search step trains on one batch and updates alpha on another.
   r["images_per_s"] = (round(2 * c.data.batch_size / (r["step_ms_median"] / 1e3), 1)
@@ -127,15 +134,21 @@ def bench_search(config, steps: int, num_classes: int, image_shape) -> Dict[str,
   return {"benchmark": "search", **device_info(), "space": c.model.space,
           "channels": c.model.channels, "layers": c.model.layers, "nodes": c.model.nodes,
           "batch": c.data.batch_size, "order": c.search.order,
-          "depthwise": layers._depthwise_impl(), **r}  # pylint: disable=protected-access
+          "depthwise": layers._depthwise_impl(),  # pylint: disable=protected-access
+          "compiler_options": compiler.options(cpu_preset), **r}
 
 
 def bench_train(config, genotype, steps: int, num_classes: int, image_shape,
-                dtypes: Optional[Sequence[str]] = None) -> list:
-  """Times the retraining step of ``genotype``'s network, once per compute dtype."""
-  from dnas import retrain, train_lib  # pylint: disable=g-import-not-at-top
+                dtypes: Optional[Sequence[str]] = None, cpu_preset: Optional[str] = None) -> list:
+  """Times the retraining step of ``genotype``'s network, once per compute dtype.
+
+  ``cpu_preset`` is XLA's CPU optimisation preset (``dnas.compiler.options``); default: the
+  config's ``xla_cpu_preset``.
+  """
+  from dnas import compiler, retrain, train_lib  # pylint: disable=g-import-not-at-top
   c = config
   train_lib.validate_train_config(c, genotype)
+  cpu_preset = cpu_preset or c.xla_cpu_preset
   model = train_lib.build_train_model(c, genotype, num_classes)
   tx, _ = train_lib.train_optimizer(c, 10_000, 100)
   key = jax.random.key(c.seed)
@@ -143,9 +156,10 @@ def bench_train(config, genotype, steps: int, num_classes: int, image_shape,
   rows = []
   for name in dtypes or [c.train.compute_dtype]:
     dtype = train_lib.compute_dtype(name)
-    state = retrain.init_train_state(model, tx, key, batch["image"][:2])
+    state = retrain.init_train_state(model, tx, key, batch["image"][:2], cpu_preset=cpu_preset)
     step = retrain.make_train_step(model, tx, aux_weight=c.train.aux_weight,
-                                   label_smoothing=c.train.label_smoothing, compute_dtype=dtype)
+                                   label_smoothing=c.train.label_smoothing, compute_dtype=dtype,
+                                   cpu_preset=cpu_preset)
     dpp = jnp.float32(c.train.drop_path_prob)
     r = time_step(step, (state, batch, dpp), steps, lambda out, a: (out[0],) + tuple(a[1:]))
     r["images_per_s"] = (round(c.data.batch_size / (r["step_ms_median"] / 1e3), 1)
@@ -153,5 +167,6 @@ def bench_train(config, genotype, steps: int, num_classes: int, image_shape,
     rows.append({"benchmark": "train", **device_info(), "space": c.model.space,
                  "channels": c.model.channels, "layers": c.model.layers,
                  "batch": c.data.batch_size, "dtype": jnp.dtype(dtype).name,
+                 "compiler_options": compiler.options(cpu_preset),
                  "n_params": int(sum(x.size for x in jax.tree.leaves(state.params))), **r})
   return rows

@@ -20,13 +20,14 @@ Example::
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Dict, NamedTuple, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
+from dnas import compiler
 from dnas.rng import fast_init_key
 from dnas.types import Batch, BatchStats, Params, PRNGKey
 
@@ -51,7 +52,7 @@ class TrainState(NamedTuple):
 
 
 def init_train_state(model: nn.Module, tx: optax.GradientTransformation, key: PRNGKey,
-                     sample_images: jax.Array) -> TrainState:
+                     sample_images: jax.Array, cpu_preset: Optional[str] = None) -> TrainState:
   """Initialises weights (float32), BatchNorm statistics and the optimizer state.
 
   Args:
@@ -60,6 +61,7 @@ def init_train_state(model: nn.Module, tx: optax.GradientTransformation, key: PR
     key: PRNG key for the weights and for the training randomness (drop-path).
     sample_images: ``[B, H, W, C]`` images of the training size (values unused beyond
       shapes; a batch of 1 or 2 is enough).
+    cpu_preset: XLA's CPU optimisation preset for the initialisation (``dnas.compiler``).
 
   Returns:
     A ``TrainState`` at step 0.
@@ -67,7 +69,7 @@ def init_train_state(model: nn.Module, tx: optax.GradientTransformation, key: PR
   init_key, state_key = jax.random.split(key)
   # train=True builds the parts that only run in training (the auxiliary head); Flax does not
   # update BatchNorm statistics during init.
-  variables = jax.jit(functools.partial(model.init, train=True))(
+  variables = compiler.jit(functools.partial(model.init, train=True), cpu_preset=cpu_preset)(
       fast_init_key(init_key), jnp.zeros(sample_images.shape, jnp.float32))
   params = variables["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
@@ -96,7 +98,8 @@ def _cast(tree: Any, dtype) -> Any:
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
                     aux_weight: float = 0.4, label_smoothing: float = 0.0,
-                    compute_dtype: Any = jnp.float32, donate: bool = True
+                    compute_dtype: Any = jnp.float32, donate: bool = True,
+                    cpu_preset: Optional[str] = None
                     ) -> Callable[[TrainState, Batch, Any], Tuple[TrainState, Metrics]]:
   """Returns the jitted retraining step.
 
@@ -115,6 +118,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
     label_smoothing: 0 for CIFAR, 0.1 in DARTS' ImageNet recipe.
     compute_dtype: dtype of the forward and backward computation.
     donate: donate the incoming state's buffers (the caller must not reuse it).
+    cpu_preset: XLA's CPU optimisation preset (``dnas.compiler.options``; default
+      ``fast_compile``).
 
   Returns:
     ``train_step(state, batch, drop_path_prob) -> (state, metrics)``, compiled once: a changing
@@ -146,7 +151,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
     }
     return TrainState(state.step + 1, params, batch_stats, opt_state, state.key), metrics
 
-  jitted = jax.jit(train_step, donate_argnums=(0,) if donate else ())
+  jitted = compiler.jit(train_step, cpu_preset=cpu_preset,
+                        donate_argnums=(0,) if donate else ())
 
   def train_step_fn(state: TrainState, batch: Batch, drop_path_prob) -> Tuple[TrainState, Metrics]:
     # A Python float and a float32 array trace differently (weak vs strong type); fixing the
@@ -159,8 +165,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
   return train_step_fn
 
 
-def make_eval_step(model: nn.Module, *, compute_dtype: Any = jnp.float32
-                   ) -> Callable[[TrainState, Batch], Metrics]:
+def make_eval_step(model: nn.Module, *, compute_dtype: Any = jnp.float32,
+                   cpu_preset: Optional[str] = None) -> Callable[[TrainState, Batch], Metrics]:
   """Returns the jitted evaluation step (BatchNorm running statistics, no drop-path).
 
   Returns:
@@ -180,7 +186,7 @@ def make_eval_step(model: nn.Module, *, compute_dtype: Any = jnp.float32
             "correct": jnp.sum(correct * mask),
             "n": jnp.sum(mask)}
 
-  return jax.jit(eval_step)
+  return compiler.jit(eval_step, cpu_preset=cpu_preset)
 
 
 def _sgd(schedule: optax.Schedule, *, momentum: float, weight_decay: float,

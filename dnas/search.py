@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dnas import compiler
 from dnas.rng import fast_init_key
 from dnas.strategies.base import BilevelProblem, Strategy
 from dnas.types import Arch, Batch, BatchStats, Params, PRNGKey
@@ -98,7 +99,8 @@ def _accuracy(logits, labels):
 
 
 def make_search_step(model: nn.Module, strategy: Strategy, weight_tx, arch_tx, *,
-                     jit: bool = True) -> Callable[[SearchState, Batch, Batch], Any]:
+                     jit: bool = True, cpu_preset: Optional[str] = None
+                     ) -> Callable[[SearchState, Batch, Batch], Any]:
   """Builds the bilevel search step.
 
   Args:
@@ -108,6 +110,8 @@ def make_search_step(model: nn.Module, strategy: Strategy, weight_tx, arch_tx, *
     weight_tx: optax transformation for the weights (train split).
     arch_tx: optax transformation for alpha (validation split).
     jit: compile the step with the state donated (turn off only for debugging).
+    cpu_preset: XLA's CPU optimisation preset (``dnas.compiler.options``; default
+      ``fast_compile``).
   Returns:
     ``search_step(state, batch_train, batch_val) -> (state, metrics)``; ``metrics`` holds scalar
     arrays (``train_loss``, ``train_acc``, ``val_loss``, ``val_acc``, ``grad_norm``,
@@ -154,10 +158,12 @@ def make_search_step(model: nn.Module, strategy: Strategy, weight_tx, arch_tx, *
     if strategy.update_state is not None:
       strategy_state = strategy.update_state(strategy_state, state.step + 1)
     # A non-finite loss or gradient skips the update (the step count still advances, so the
-    # next step sees the next batch); the loop counts and reports skipped steps.
-    finite = jnp.isfinite(train_loss) & jnp.isfinite(val_loss)
-    for leaf in jax.tree.leaves((grads, arch_grads)):
-      finite &= jnp.all(jnp.isfinite(leaf))
+    # next step sees the next batch); the loop counts and reports skipped steps. A gradient is
+    # non-finite iff its global norm is (or the norm overflows): one reduction the metrics need
+    # anyway, instead of one kernel per leaf.
+    grad_norm, arch_grad_norm = optax.tree.norm(grads), optax.tree.norm(arch_grads)
+    finite = (jnp.isfinite(train_loss) & jnp.isfinite(val_loss) & jnp.isfinite(grad_norm)
+              & jnp.isfinite(arch_grad_norm))
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     new_state = SearchState(
         state.step + 1, *keep((params, arch, batch_stats, weight_opt_state, arch_opt_state,
@@ -171,21 +177,21 @@ def make_search_step(model: nn.Module, strategy: Strategy, weight_tx, arch_tx, *
         "train_acc": _accuracy(logits, batch_train["label"]),
         "val_loss": val_loss,
         "val_acc": _accuracy(val_logits, batch_val["label"]),
-        "grad_norm": optax.tree.norm(grads),
-        "arch_grad_norm": optax.tree.norm(arch_grads),
+        "grad_norm": grad_norm,
+        "arch_grad_norm": arch_grad_norm,
         "skipped": jnp.logical_not(finite).astype(jnp.int32),
     }
     return new_state, metrics
 
   if jit:
-    return jax.jit(search_step, donate_argnums=0)
+    return compiler.jit(search_step, cpu_preset=cpu_preset, donate_argnums=0)
   return search_step
 
 
-def make_eval_step(model: nn.Module, strategy: Strategy):
+def make_eval_step(model: nn.Module, strategy: Strategy, *, cpu_preset: Optional[str] = None):
   """``eval_step(state, batch) -> {loss_sum, correct, n}`` with BN running averages."""
 
-  @jax.jit
+  @functools.partial(compiler.jit, cpu_preset=cpu_preset)
   def eval_step(state: SearchState, batch: Batch):
     op_weights = strategy.mix(state.arch, state.strategy_state, state.key)
     logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},

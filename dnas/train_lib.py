@@ -40,7 +40,7 @@ import optax
 from flax import serialization
 
 from dnas import data as data_lib
-from dnas import discretize, genotypes, io, plot, search
+from dnas import compiler, discretize, genotypes, io, plot, search
 from dnas.ops import sets
 from dnas.spaces import DartsSearchNet, NB201SearchNet
 from dnas.strategies import darts
@@ -120,6 +120,7 @@ def _validate_common(c: ml_collections.ConfigDict) -> None:
   _int(c, "log_every_steps", 1)
   _int(c, "checkpoint_every_steps", 1)
   _type(c, "compilation_cache_dir", str, "a string (empty: default, 'none': off)")
+  _choice(c, "xla_cpu_preset", sorted(compiler.CPU_PRESETS))
 
 
 def validate_search_config(c: ml_collections.ConfigDict) -> None:
@@ -375,8 +376,9 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
   init_key, train_key, val_key = jax.random.split(key, 3)
 
   t0 = time.time()
-  state = jax.jit(functools.partial(search.init_search_state, model, strategy, weight_tx,
-                                    arch_tx))(init_key, jnp.zeros((2,) + images.shape[1:]))
+  preset = c.xla_cpu_preset
+  state = compiler.jit(functools.partial(search.init_search_state, model, strategy, weight_tx,
+                                         arch_tx), cpu_preset=preset)(init_key, jnp.zeros((2,) + images.shape[1:]))
   history: Dict[str, list] = {k: [] for k in state.arch}
   ckpt = os.path.join(workdir, "checkpoint.msgpack")
   if os.path.exists(ckpt):
@@ -389,7 +391,7 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
       data_lib.get_batch, batch_size=bs, mean=ds.mean, std=ds.std,
       crop_padding=c.data.crop_padding, flip=c.data.flip,
       sharding=data_lib.batch_sharding(bs)))
-  step_fn = search.make_search_step(model, strategy, weight_tx, arch_tx)
+  step_fn = search.make_search_step(model, strategy, weight_tx, arch_tx, cpu_preset=preset)
   mix = jax.jit(lambda a: strategy.mix(a, (), None))
 
   metrics_path = os.path.join(workdir, "metrics.jsonl")
@@ -709,7 +711,8 @@ def run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
   dtype = compute_dtype(c.train.compute_dtype)
   tx, schedule = train_optimizer(c, total, spe)
   t0 = time.time()
-  state = retrain.init_train_state(model, tx, init_key, jnp.zeros((2,) + feed.image_shape))
+  state = retrain.init_train_state(model, tx, init_key, jnp.zeros((2,) + feed.image_shape),
+                                   cpu_preset=c.xla_cpu_preset)
   ckpt = os.path.join(workdir, "checkpoint.msgpack")
   if os.path.exists(ckpt):
     state = _load_train_checkpoint(ckpt, state)
@@ -718,8 +721,8 @@ def run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
   init_s = time.time() - t0
   train_step = retrain.make_train_step(model, tx, aux_weight=c.train.aux_weight,
                                        label_smoothing=c.train.label_smoothing,
-                                       compute_dtype=dtype)
-  eval_step = retrain.make_eval_step(model, compute_dtype=dtype)
+                                       compute_dtype=dtype, cpu_preset=c.xla_cpu_preset)
+  eval_step = retrain.make_eval_step(model, compute_dtype=dtype, cpu_preset=c.xla_cpu_preset)
 
   def evaluate():
     tot = None

@@ -61,6 +61,7 @@ def get_config(variant: str = "first_order") -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 500
   c.max_bad_steps = 10
   c.compilation_cache_dir = ""  # empty: ~/.cache/dnas/jax; "none": off
+  c.xla_cpu_preset = "fast_compile"  # XLA CPU preset: fast_compile, default, fast_runtime
 
   if variant == "first_order":
     pass

@@ -87,6 +87,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   c.eval_every_epochs = 1
   c.checkpoint_every_steps = 1000
   c.compilation_cache_dir = ""
+  c.xla_cpu_preset = "fast_compile"  # XLA CPU preset: fast_compile, default, fast_runtime
 
   if variant == "default":
     pass

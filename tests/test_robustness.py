@@ -467,7 +467,8 @@ positive_int = ints(-100, 0)              # bad values of a key that must be an 
 natural = ints(-100, -1)                  # ... an int >= 0
 reals = lambda *bad: wrong_type | st.booleans() | st.sampled_from([NAN, INF, -INF, *bad])
 VALID_NAMES = ("darts", "nb201", "exact", "finite_difference", "auto", "float32", "bfloat16",
-               "darts_cifar", "darts_imagenet") + data_lib.TFDS_NAMES
+               "darts_cifar", "darts_imagenet", "fast_compile", "default",
+               "fast_runtime") + data_lib.TFDS_NAMES
 choice = lambda: wrong_type | st.integers(0, 3) | st.text(max_size=8).filter(
     lambda s: s not in VALID_NAMES)
 flag = wrong_type | st.integers(0, 1) | st.floats(0, 1)
@@ -485,6 +486,7 @@ COMMON_BAD = {
     "log_every_steps": positive_int,
     "checkpoint_every_steps": positive_int,
     "compilation_cache_dir": st.none() | st.integers() | st.lists(st.text(), max_size=1),
+    "xla_cpu_preset": choice(),
 }
 SEARCH_BAD = dict(COMMON_BAD, **{
     "data.train_portion": reals(0.0, 1.0, -0.5, 1.5),

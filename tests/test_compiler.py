@@ -1,0 +1,61 @@
+"""XLA's CPU optimisation presets: reach the compiler, and leave the step's results as they are."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dnas import compiler, search
+from dnas.ops.sets import OpSet
+from dnas.spaces import DartsSearchNet
+from dnas.strategies import darts
+
+OPS = OpSet("tiny", ("none", "avg_pool_3x3", "skip_connect", "sep_conv_3x3"),
+            bn_after=("avg_pool_3x3",))
+
+
+def test_options_name_the_preset_on_the_cpu():
+  assert jax.default_backend() == "cpu"
+  # This jaxlib knows the option, so the suite exercises the preset rather than the fallback.
+  assert compiler._supported("CPU_OPT_PRESET_FAST_COMPILE")  # pylint: disable=protected-access
+  assert not compiler._supported("CPU_OPT_PRESET_NO_SUCH")  # pylint: disable=protected-access
+  assert compiler.options() == {"xla_cpu_opt_preset": "CPU_OPT_PRESET_FAST_COMPILE"}
+  assert compiler.options("default") == {"xla_cpu_opt_preset": "CPU_OPT_PRESET_DEFAULT"}
+  assert compiler.options("fast_runtime") == {"xla_cpu_opt_preset": "CPU_OPT_PRESET_FAST_RUNTIME"}
+
+
+def test_unknown_preset_lists_the_valid_ones():
+  with pytest.raises(ValueError, match="fast_compile"):
+    compiler.options("fastest")
+
+
+def test_presets_give_the_same_search_step():
+  """One search step compiled under XLA's default and the fast-compile preset: same state."""
+  model = DartsSearchNet(num_classes=3, channels=4, layers=2, nodes=2, multiplier=2,
+                         op_set=OPS)
+  strategy = darts(order=1)
+  weight_tx, _ = search.darts_weight_optimizer(total_steps=10)
+  arch_tx = search.darts_arch_optimizer()
+  k = jax.random.split(jax.random.key(0), 2)
+  bt = {"image": jax.random.normal(k[0], (4, 8, 8, 3)), "label": jnp.arange(4) % 3}
+  bv = {"image": jax.random.normal(k[1], (4, 8, 8, 3)), "label": jnp.arange(4)[::-1] % 3}
+  init = jax.jit(lambda k: search.init_search_state(model, strategy, weight_tx, arch_tx, k,
+                                                   bt["image"]))
+  results, texts = [], []
+  for preset in ("default", "fast_compile"):
+    state = init(jax.random.key(0))
+    alpha0 = jax.device_get(state.arch)
+    step = search.make_search_step(model, strategy, weight_tx, arch_tx, cpu_preset=preset)
+    compiled = step.lower(state, bt, bv).compile()
+    texts.append(compiled.as_text())
+    for _ in range(2):
+      state, metrics = compiled(state, bt, bv)
+    results.append(jax.device_get((state.params, state.arch, state.batch_stats, metrics)))
+  # The preset reached the compiler: the two executables differ.
+  assert texts[0] != texts[1]
+  a, b = (jax.tree.leaves(r) for r in results)
+  assert len(a) == len(b) > 10
+  for x, y in zip(a, b):
+    np.testing.assert_allclose(x, y, rtol=2e-5, atol=2e-6)
+  # Both passes ran: alpha and the weights moved.
+  assert not np.allclose(results[1][1]["normal"], alpha0["normal"], rtol=0, atol=1e-6)
