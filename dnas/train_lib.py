@@ -502,6 +502,13 @@ def validate_train_config(c: ml_collections.ConfigDict, genotype) -> None:
     if c.data.image_size and not c.data.streaming:
       raise ConfigError("data.image_size: resizing is done by the streaming pipeline only; set "
                         "data.streaming=True, or data.image_size=0")
+  if not c.data.path:
+    from dnas.data import stream  # pylint: disable=g-import-not-at-top
+    streaming = bool(c.data.get("streaming", False))
+    valid = stream.TFDS_STREAM_NAMES if streaming else data_lib.TFDS_NAMES
+    _check(c.data.name in valid, "data.name",
+           f"unknown {'streamed ' if streaming else ''}dataset {c.data.name!r}; valid: "
+           f"{list(valid)}, or set data.path to a local archive or folder")
   space = _choice(c, "model.space", TRAIN_SPACES)
   if space == "nb201":
     _int(c, "model.layers", 1)
