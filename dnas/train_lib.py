@@ -123,13 +123,18 @@ def _validate_common(c: ml_collections.ConfigDict) -> None:
   _choice(c, "xla_cpu_preset", sorted(compiler.CPU_PRESETS))
 
 
+def _tfds_name(c: ml_collections.ConfigDict, valid, what: str) -> None:
+  """Without ``data.path``, ``data.name`` must be a TFDS dataset the input path can read."""
+  if not c.data.path:
+    _check(c.data.name in valid, "data.name",
+           f"unknown {what} {c.data.name!r}; valid: {list(valid)}, or set data.path to a "
+           f"local archive or folder")
+
+
 def validate_search_config(c: ml_collections.ConfigDict) -> None:
   """Fails fast, naming the key, on values no search can run with (wrong types included)."""
   _validate_common(c)
-  if not c.data.path:
-    _check(c.data.name in data_lib.TFDS_NAMES, "data.name",
-           f"unknown dataset {c.data.name!r}; valid: {list(data_lib.TFDS_NAMES)}, or set "
-           f"data.path to a local archive or folder")
+  _tfds_name(c, data_lib.TFDS_NAMES, "dataset")
   _real(c, "data.train_portion", 0.0, 1.0, low_open=True)
   space = _choice(c, "model.space", SPACES)
   _choice(c, "model.op_set", sorted(OP_SETS))
@@ -377,8 +382,8 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
 
   t0 = time.time()
   preset = c.xla_cpu_preset
-  state = compiler.jit(functools.partial(search.init_search_state, model, strategy, weight_tx,
-                                         arch_tx), cpu_preset=preset)(init_key, jnp.zeros((2,) + images.shape[1:]))
+  init = functools.partial(search.init_search_state, model, strategy, weight_tx, arch_tx)
+  state = compiler.jit(init, cpu_preset=preset)(init_key, jnp.zeros((2,) + images.shape[1:]))
   history: Dict[str, list] = {k: [] for k in state.arch}
   ckpt = os.path.join(workdir, "checkpoint.msgpack")
   if os.path.exists(ckpt):
@@ -502,13 +507,11 @@ def validate_train_config(c: ml_collections.ConfigDict, genotype) -> None:
     if c.data.image_size and not c.data.streaming:
       raise ConfigError("data.image_size: resizing is done by the streaming pipeline only; set "
                         "data.streaming=True, or data.image_size=0")
-  if not c.data.path:
+  if c.data.get("streaming", False):
     from dnas.data import stream  # pylint: disable=g-import-not-at-top
-    streaming = bool(c.data.get("streaming", False))
-    valid = stream.TFDS_STREAM_NAMES if streaming else data_lib.TFDS_NAMES
-    _check(c.data.name in valid, "data.name",
-           f"unknown {'streamed ' if streaming else ''}dataset {c.data.name!r}; valid: "
-           f"{list(valid)}, or set data.path to a local archive or folder")
+    _tfds_name(c, stream.TFDS_STREAM_NAMES, "streamed dataset")
+  else:
+    _tfds_name(c, data_lib.TFDS_NAMES, "dataset")
   space = _choice(c, "model.space", TRAIN_SPACES)
   if space == "nb201":
     _int(c, "model.layers", 1)

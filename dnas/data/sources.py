@@ -473,13 +473,15 @@ def import_tfds(name: str, hint: str):
   return tfds
 
 
+def tfds_example(example) -> Tuple[np.ndarray, int]:
+  """One TFDS example as ``(uint8 [H, W, C] image, int label)`` (a grayscale image gets C=1)."""
+  image = np.asarray(example["image"], np.uint8)
+  return (image[:, :, None] if image.ndim == 2 else image), int(example["label"])
+
+
 def _read_all(source) -> Tuple[np.ndarray, np.ndarray]:
   """Every example of a TFDS data source as ``(uint8 [N, H, W, C], labels [N])``."""
-  images, labels = [], []
-  for i in range(len(source)):
-    example = source[i]
-    images.append(np.asarray(example["image"], np.uint8))
-    labels.append(int(example["label"]))
+  images, labels = zip(*(tfds_example(source[i]) for i in range(len(source))))
   return np.stack(images), np.asarray(labels, np.int64)
 
 

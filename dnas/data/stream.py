@@ -130,9 +130,7 @@ class TfdsSource(StreamSource):
     return len(self.source)
 
   def read(self, i: int) -> Tuple[np.ndarray, int]:
-    example = self.source[int(i)]
-    image = np.asarray(example["image"], np.uint8)
-    return (image[:, :, None] if image.ndim == 2 else image), int(example["label"])
+    return sources.tfds_example(self.source[int(i)])
 
   def where(self, i: int) -> str:
     return f"TFDS {self.name} example {i}"
