@@ -20,13 +20,14 @@ def test_edge_numbering_matches_darts():
   covered = sorted(cell_lib.edge_index(2, j, s) for _, edges in groups for s, j in edges)
   assert covered == list(range(14))
   # Each edge's weights have their own row in the compact (scanned) layout.
-  for scan in (True, False):
-    where = {cell_lib.param_location(2, 4, s, j, scan) for j in range(4) for s in range(2 + j)}
+  for scan, inputs in ((True, False), (False, False), (True, True)):
+    where = {cell_lib.param_location(2, 4, s, j, scan, inputs)
+             for j in range(4) for s in range(2 + j)}
     assert len(where) == 14
 
 
 def _explicit_cell(op_set, params, batch_stats, inputs, weights, n_inputs, n_nodes, channels,
-                   reduction, scan_nodes):
+                   reduction, scan_nodes, scan_inputs=False):
   """DARTS' cell forward, one op instance per (edge, op), params taken from the stacked tree.
 
   Returns the node states and the updated BatchNorm statistics of every (edge, op).
@@ -36,7 +37,8 @@ def _explicit_cell(op_set, params, batch_stats, inputs, weights, n_inputs, n_nod
   for j in range(n_nodes):
     total = 0.0
     for s in range(n_inputs + j):
-      gname, e = cell_lib.param_location(n_inputs, n_nodes, s, j, scan_nodes)
+      gname, e = cell_lib.param_location(n_inputs, n_nodes, s, j, scan_nodes,
+                                         scan_inputs and not reduction)
       stride = 2 if (reduction and s < n_inputs) else 1
       for k, op in enumerate(op_set.ops):
         w = weights[cell_lib.edge_index(n_inputs, j, s), k]
@@ -53,21 +55,23 @@ def _explicit_cell(op_set, params, batch_stats, inputs, weights, n_inputs, n_nod
   return states[n_inputs:], new_stats
 
 
-@pytest.mark.parametrize("scan_nodes", [True, False])
+@pytest.mark.parametrize("scan_nodes,scan_inputs", [(True, False), (False, False), (True, True)])
 @pytest.mark.parametrize("op_set,n_inputs,n_nodes,reduction", [
     (DARTS, 2, 4, False), (DARTS, 2, 4, True), (NB201, 1, 3, False), (DARTS, 2, 2, True)])
-def test_cell_equals_explicit_weighted_sum(op_set, n_inputs, n_nodes, reduction, scan_nodes):
+def test_cell_equals_explicit_weighted_sum(op_set, n_inputs, n_nodes, reduction, scan_nodes,
+                                           scan_inputs):
   c = 4
   keys = jax.random.split(jax.random.key(0), n_inputs + 2)
   inputs = [jax.random.normal(keys[i], (2, 8, 8, c)) for i in range(n_inputs)]
   n_edges = cell_lib.edge_count(n_inputs, n_nodes)
   weights = jax.nn.softmax(jax.random.normal(keys[-1], (n_edges, len(op_set.ops))), -1)
   cell = cell_lib.SearchCell(op_set, c, n_inputs, n_nodes, reduction=reduction,
-                             scan_nodes=scan_nodes)
+                             scan_nodes=scan_nodes, scan_inputs=scan_inputs)
   variables = cell.init(keys[-2], inputs, weights)
   got, updated = cell.apply(variables, inputs, weights, mutable=["batch_stats"])
   want, want_stats = _explicit_cell(op_set, variables["params"], variables["batch_stats"],
-                                    inputs, weights, n_inputs, n_nodes, c, reduction, scan_nodes)
+                                    inputs, weights, n_inputs, n_nodes, c, reduction, scan_nodes,
+                                    scan_inputs)
   assert len(got) == n_nodes
   for g, w in zip(got, want):
     assert g.shape == (2, 8 // (2 if reduction else 1), 8 // (2 if reduction else 1), c)
@@ -115,4 +119,5 @@ def test_cell_with_shifted_depthwise_equals_explicit_sum(monkeypatch):
   monkeypatch.setenv("DNAS_DEPTHWISE", "shift")
   assert not cell_lib._reads_shared_input("sep_conv_3x3")
   assert cell_lib._reads_shared_input("max_pool_3x3")
-  test_cell_equals_explicit_weighted_sum(DARTS, 1, 3, False, scan_nodes=True)
+  test_cell_equals_explicit_weighted_sum(DARTS, 1, 3, False, scan_nodes=True, scan_inputs=False)
+  test_cell_equals_explicit_weighted_sum(DARTS, 1, 3, False, scan_nodes=True, scan_inputs=True)

@@ -151,12 +151,26 @@ def node_edges(n_nodes: int) -> List[Tuple[int, int]]:
   return [(i, j) for i in range(n_nodes - 1) for j in range(i + 1, n_nodes)]
 
 
+def scan_edges(n_inputs: int, n_nodes: int, from_inputs: bool) -> List[Tuple[int, int]]:
+  """The edges a ``NodeEdges`` scan runs, as ``(source, node)`` in their stacking order.
+
+  ``source`` indexes inputs then nodes (as in ``edge_index``). With ``from_inputs`` the edges
+  leaving the cell inputs come first, then those between nodes.
+  """
+  first = [(s, j) for s in range(n_inputs) for j in range(n_nodes)] if from_inputs else []
+  return first + [(n_inputs + i, j) for i, j in node_edges(n_nodes)]
+
+
 def param_location(n_inputs: int, n_nodes: int, source: int, node: int,
-                   scan_nodes: bool = True) -> Tuple[str, int]:
+                   scan_nodes: bool = True, scan_inputs: bool = False) -> Tuple[str, int]:
   """Where the weights of edge ``source -> node`` live: ``(submodule name, row in its stack)``.
 
-  ``source`` indexes inputs then nodes (as in ``edge_index``).
+  ``source`` indexes inputs then nodes (as in ``edge_index``). ``scan_inputs``: whether the
+  cell ran its input edges inside the scan too (``SearchCell.scan_inputs`` on a cell whose
+  input edges have stride 1).
   """
+  if scan_nodes and scan_inputs:
+    return "edges", scan_edges(n_inputs, n_nodes, True).index((source, node))
   if source < n_inputs:
     return "edges_from_inputs", source * n_nodes + node
   i = source - n_inputs
@@ -171,11 +185,16 @@ def _stack_init(module: nn.Module, key, n: int, x_shape, dtype):
 
 
 class NodeEdges(nn.Module):
-  """The mixed edges between intermediate nodes, as a ``lax.scan`` over the source node.
+  """Mixed edges as one ``lax.scan`` over their source state.
 
-  Call with ``partial`` of shape ``[n_nodes, B, H, W, C]`` (each node's sum over its edges from
-  the cell inputs) and the cell's op weights ``[E, K]``; returns the completed node states.
-  Iteration ``i`` reads node ``i`` (complete by then) and adds its edges into nodes ``> i``.
+  Call with ``states`` of shape ``[S, B, H, W, C]`` and the cell's op weights ``[E, K]``.
+  Without ``from_inputs``, ``states`` holds the ``n_nodes`` partial node sums (each node's sum
+  over its edges from the cell inputs) and the scan runs the edges between nodes: iteration ``i``
+  reads node ``i`` (complete by then) and adds its edges into nodes ``> i`` through
+  ``n_nodes - 1`` slots. With ``from_inputs``, ``states`` is the cell inputs followed by
+  ``n_nodes`` zeros, and the first ``n_inputs`` iterations run the edges leaving the inputs
+  (all of stride 1) through ``n_nodes`` slots, so the ops compile once for the whole cell.
+  Slots past a source's last edge carry zero weight. Returns the completed node states.
   """
   op_set: OpSet
   channels: int
@@ -183,23 +202,29 @@ class NodeEdges(nn.Module):
   n_nodes: int
   affine: bool = False
   train: bool = True
+  from_inputs: bool = False
 
   @nn.compact
-  def __call__(self, partial, weights):
-    n, slots = self.n_nodes, self.n_nodes - 1
-    real = node_edges(n)
-    idx = np.zeros((n - 1, slots), np.int32)      # which stacked weights a slot uses
-    mix = np.zeros((n - 1, slots, weights.shape[0]), np.float32)   # selects the alpha row
-    route = np.zeros((n - 1, slots, n), np.float32)  # slot -> destination node
-    for i in range(n - 1):
-      for t in range(slots):
-        j = i + 1 + t
-        if j < n:
-          idx[i, t] = real.index((i, j))
-          mix[i, t, edge_index(self.n_inputs, j, self.n_inputs + i)] = 1.0
-          route[i, t, j] = 1.0
+  def __call__(self, states, weights):
+    n, n_in = self.n_nodes, self.n_inputs
+    offset = n_in if self.from_inputs else 0  # position of node 0 in `states`
+    first = 0 if self.from_inputs else n_in   # first source, indexing inputs then nodes
+    slots = n if self.from_inputs else n - 1
+    sources = list(range(first, n_in + n - 1))
+    real = scan_edges(n_in, n, self.from_inputs)
+    idx = np.zeros((len(sources), slots), np.int32)      # which stacked weights a slot uses
+    mix = np.zeros((len(sources), slots, weights.shape[0]), np.float32)  # selects the alpha row
+    route = np.zeros((len(sources), slots, states.shape[0]), np.float32)  # slot -> destination
+    where = [None] * len(real)  # (iteration, slot) of each real edge
+    for it, g in enumerate(sources):
+      dests = [j for s, j in real if s == g]
+      for t, j in enumerate(dests):
+        idx[it, t] = real.index((g, j))
+        where[idx[it, t]] = (it, t)
+        mix[it, t, edge_index(n_in, j, g)] = 1.0
+        route[it, t, offset + j] = 1.0
     slot_weights = jnp.einsum("ite,ek->itk", mix, weights)  # zero for the padding slots
-    x_shape, dtype = partial.shape[1:], partial.dtype
+    x_shape, dtype = states.shape[1:], states.dtype
 
     ops, variables = [], {}
     for op in self.op_set.ops:
@@ -225,13 +250,13 @@ class NodeEdges(nn.Module):
     params = {op: {c: (x if c == "params" else x.value) for c, x in v.items()}
               for op, v in variables.items()}
 
-    def body(partial, xs):
-      i, rows, w, r = xs
-      x = jax.lax.dynamic_index_in_dim(partial, i, 0, keepdims=False)
+    def body(states, xs):
+      src, rows, w, r = xs
+      x = jax.lax.dynamic_index_in_dim(states, src, 0, keepdims=False)
       total, new_stats = None, {}
       for k, op, module in ops:
         v = jax.tree.map(lambda a: a[rows], params[op])
-        # Every slot reads node i: a shared input (see _reads_shared_input).
+        # Every slot reads the same source: a shared input (see _reads_shared_input).
         if _reads_shared_input(op):
           xin, axes = x, (0, None)
         else:
@@ -245,18 +270,17 @@ class NodeEdges(nn.Module):
         term = w[:, k, None, None, None, None].astype(y.dtype) * y
         total = term if total is None else total + term
       if total is not None:
-        partial = partial + jnp.einsum("td,tbhwc->dbhwc", r.astype(total.dtype), total)
-      return partial, new_stats
+        states = states + jnp.einsum("td,tbhwc->dbhwc", r.astype(total.dtype), total)
+      return states, new_stats
 
-    partial, new_stats = jax.lax.scan(
-        body, partial, (jnp.arange(n - 1), idx, slot_weights, route))
+    src_index = np.array(sources, np.int32) - first  # position of each source in `states`
+    states, new_stats = jax.lax.scan(body, states, (src_index, idx, slot_weights, route))
     if update_stats:
       # Each real edge updated its statistics in exactly one slot; padding slots are dropped.
-      where = [(i, j - i - 1) for i, j in real]
       it, tt = np.array([a for a, _ in where]), np.array([b for _, b in where])
       for op, stats in new_stats.items():
         variables[op]["batch_stats"].value = jax.tree.map(lambda a: a[it, tt], stats)
-    return partial
+    return states[offset:]
 
 
 class SearchCell(nn.Module):
@@ -272,6 +296,10 @@ class SearchCell(nn.Module):
     train: BatchNorm uses batch statistics and updates its running averages.
     scan_nodes: run the edges between intermediate nodes as one ``lax.scan`` (``NodeEdges``);
       False unrolls one group per source node (same results, longer compile).
+    scan_inputs: with ``scan_nodes``, run the edges leaving the cell inputs in the same scan
+      when they have stride 1 (not in a reduction cell): XLA compiles the ops once per cell
+      instead of twice, for ``n_nodes`` slots per input instead of one vmapped group (a DARTS
+      cell evaluates 20 edges instead of 17; 14 are real). Same results and parameter count.
   """
   op_set: OpSet
   channels: int
@@ -281,6 +309,7 @@ class SearchCell(nn.Module):
   affine: bool = False
   train: bool = True
   scan_nodes: bool = True
+  scan_inputs: bool = False
 
   @nn.compact
   def __call__(self, inputs: Sequence[jnp.ndarray], weights: jnp.ndarray) -> List[jnp.ndarray]:
@@ -293,6 +322,12 @@ class SearchCell(nn.Module):
     states = list(inputs)
     partial = [None] * self.n_nodes
     groups = edge_groups(self.n_inputs, self.n_nodes)
+    if self.scan_nodes and self.scan_inputs and not self.reduction:
+      zeros = jnp.zeros((self.n_nodes,) + inputs[0].shape, inputs[0].dtype)
+      out = NodeEdges(self.op_set, self.channels, self.n_inputs, self.n_nodes, self.affine,
+                      self.train, from_inputs=True, name="edges")(
+                          jnp.concatenate([jnp.stack(states), zeros]), weights)
+      return list(out)
     if self.scan_nodes and self.n_nodes > 1:
       out = self._group(states, groups[0], 0, weights)  # destinations: every node, in order
       out = NodeEdges(self.op_set, self.channels, self.n_inputs, self.n_nodes, self.affine,
