@@ -44,8 +44,6 @@ def main():
                  help="one op group per source node instead of the scan over node-to-node edges")
   p.add_argument("--scan-inputs", action="store_true",
                  help="run a cell's stride-1 input edges in its node scan (ops compiled once)")
-  p.add_argument("--scan-cells", action="store_true",
-                 help="DARTS: one nn.scan over each group of equal-shape normal cells")
   a = p.parse_args()
   if a.cache:
     jax.config.update("jax_compilation_cache_dir", a.cache)
@@ -54,7 +52,7 @@ def main():
   if a.space == "darts":
     model = DartsSearchNet(channels=a.channels, layers=a.layers, nodes=a.nodes,
                            multiplier=a.nodes, scan_nodes=not a.unroll_nodes,
-                           scan_inputs=a.scan_inputs, scan_cells=a.scan_cells)
+                           scan_inputs=a.scan_inputs)
   else:
     model = NB201SearchNet(channels=a.channels, cells_per_stage=a.layers,
                            scan_nodes=not a.unroll_nodes, scan_inputs=a.scan_inputs)
@@ -82,7 +80,7 @@ def main():
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "space": a.space, "channels": a.channels, "layers": a.layers, "nodes": a.nodes,
       "batch": a.batch, "order": a.order, "scan_nodes": not a.unroll_nodes,
-      "scan_inputs": a.scan_inputs, "scan_cells": a.scan_cells,
+      "scan_inputs": a.scan_inputs,
       "depthwise": layers._depthwise_impl(),  # pylint: disable=protected-access
       "compiler_options": compiler.options(a.cpu_preset),
       "init_s": round(init_s, 2), "trace_s": round(trace_s, 2), **r,

@@ -493,7 +493,6 @@ SEARCH_BAD = dict(COMMON_BAD, **{
     "model.op_set": choice(),
     "model.nodes": positive_int,
     "model.layers": ints(-100, 2),  # the DARTS space needs two reductions and a normal cell
-    "model.scan_cells": flag,
     "model.scan_inputs": flag,
     "search.order": ints(3, 10) | st.integers(-10, 0),
     "search.hessian": choice(),
