@@ -43,6 +43,9 @@ def get_config(variant: str = "first_order") -> ml_collections.ConfigDict:
   c.model.channels = 16
   c.model.layers = 8
   c.model.nodes = 4
+  # True: a normal cell's input edges join its node scan; compiles ~20 % faster, steps
+  # 9-27 % slower with ~28 % more memory (benchmarks/RESULTS.md). Off for real searches.
+  c.model.scan_inputs = False
 
   c.search = ml_collections.ConfigDict()
   c.search.order = 1
