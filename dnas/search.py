@@ -69,14 +69,34 @@ def cross_entropy(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def make_loss_fn(model: nn.Module, batch_stats: BatchStats):
-  """``loss_fn(params, op_weights, batch) -> (loss, (new_batch_stats, logits))``, BN in train mode."""
+def train_apply(model: nn.Module):
+  """``apply(params, batch_stats, op_weights, images) -> (logits, new_batch_stats)``, jitted.
+
+  BN runs in train mode. Being one ``jax.jit``-wrapped function, its trace is cached: the search
+  step's weight and architecture passes call it with equal shapes, so the model's Python code
+  (Flax modules, vmapped edges) is traced once per step instead of once per pass, and each pass
+  only differentiates the recorded jaxpr. XLA inlines the call; the compiled step is unchanged.
+  """
+
+  @jax.jit
+  def apply(params, batch_stats, op_weights, images):
+    logits, updated = model.apply({"params": params, "batch_stats": batch_stats}, images,
+                                  op_weights, train=True, mutable=["batch_stats"])
+    return logits, updated["batch_stats"]
+
+  return apply
+
+
+def make_loss_fn(model: nn.Module, batch_stats: BatchStats, apply=None):
+  """``loss_fn(params, op_weights, batch) -> (loss, (new_batch_stats, logits))``, BN in train mode.
+
+  ``apply``: a ``train_apply(model)`` to share between loss functions (one trace for all).
+  """
+  apply = apply if apply is not None else train_apply(model)
 
   def loss_fn(params, op_weights, batch):
-    logits, updated = model.apply({"params": params, "batch_stats": batch_stats},
-                                  batch["image"], op_weights, train=True,
-                                  mutable=["batch_stats"])
-    return cross_entropy(logits, batch["label"]), (updated["batch_stats"], logits)
+    logits, new_stats = apply(params, batch_stats, op_weights, batch["image"])
+    return cross_entropy(logits, batch["label"]), (new_stats, logits)
 
   return loss_fn
 
@@ -128,6 +148,8 @@ def make_search_step(model: nn.Module, strategy: Strategy, weight_tx, arch_tx, *
     state, metrics = step(state, batch_train, batch_val)
   """
 
+  apply = train_apply(model)
+
   def two_passes(state, loss_fn, batch_train, batch_val, arch_key, weight_key):
     # 1. Architecture step on the validation batch.
     problem = BilevelProblem(loss_fn, weight_tx, state.weight_opt_state, batch_train, batch_val)
@@ -148,7 +170,7 @@ def make_search_step(model: nn.Module, strategy: Strategy, weight_tx, arch_tx, *
   def search_step(state: SearchState, batch_train: Batch, batch_val: Batch):
     key = jax.random.fold_in(state.key, state.step)
     arch_key, weight_key = jax.random.split(key)
-    loss_fn = make_loss_fn(model, state.batch_stats)
+    loss_fn = make_loss_fn(model, state.batch_stats, apply)
     (arch, arch_opt_state, arch_grads, val_loss, val_logits, grads, train_loss, batch_stats,
      logits) = two_passes(state, loss_fn, batch_train, batch_val, arch_key, weight_key)
     updates, weight_opt_state = weight_tx.update(grads, state.weight_opt_state, state.params)
@@ -206,4 +228,5 @@ def make_eval_step(model: nn.Module, strategy: Strategy, *, cpu_preset: Optional
 
 
 __all__ = ["SearchState", "make_search_step", "init_search_state", "fast_init_key", "make_eval_step",
-           "darts_weight_optimizer", "darts_arch_optimizer", "make_loss_fn", "cross_entropy"]
+           "darts_weight_optimizer", "darts_arch_optimizer", "make_loss_fn", "train_apply",
+           "cross_entropy"]

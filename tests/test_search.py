@@ -169,6 +169,44 @@ def test_step_compiles_once_and_updates_everything():
   assert int(metrics["skipped"]) == 0 and np.isfinite(float(metrics["train_loss"]))
 
 
+_TRACED = []  # one entry per run of _CountingNet's Python code
+
+
+class _CountingNet(nn.Module):
+  """A tiny supernet (one mixed edge, BN) that counts how often its Python code is traced."""
+
+  @nn.compact
+  def __call__(self, x, op_weights=None, train=True):
+    _TRACED.append(1)
+    shape = (1, len(TINY_OPS.ops))
+    if self.is_initializing():
+      self.variable("arch", "cell", arch_init, self.make_rng("params"), shape)
+    if op_weights is None:
+      op_weights = {"cell": jnp.full(shape, 1.0 / shape[1])}
+    (y,) = SearchCell(TINY_OPS, 3, n_inputs=1, n_nodes=1, train=train)([x], op_weights["cell"])
+    return nn.Dense(3)(jnp.mean(y, axis=(1, 2)))
+
+
+@pytest.mark.parametrize("order,hessian", [(1, "exact"), (2, "exact"), (2, "finite_difference")])
+def test_step_traces_the_model_once(order, hessian):
+  """Every pass of a step (weights, alpha, the virtual step, the difference quotients) calls one
+  jitted ``train_apply`` with equal shapes, so the model's Python code runs once per step
+  trace and each pass differentiates the recorded jaxpr."""
+  model = _CountingNet()
+  strategy = darts(order=order, hessian=hessian, learning_rate=0.1)
+  weight_tx, _ = search.darts_weight_optimizer(total_steps=10)
+  arch_tx = search.darts_arch_optimizer()
+  images = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
+  batch = {"image": images, "label": jnp.arange(4) % 3}
+  state = search.init_search_state(model, strategy, weight_tx, arch_tx, jax.random.key(0),
+                                   images)
+  _TRACED.clear()
+  step = search.make_search_step(model, strategy, weight_tx, arch_tx)
+  state, metrics = step(state, batch, batch)
+  assert len(_TRACED) == 1
+  assert np.isfinite(float(metrics["val_loss"])) and int(metrics["skipped"]) == 0
+
+
 class _PoolProbe(nn.Module):
   """One mixed edge of parameter-free ops, read out at the centre pixel by a linear layer."""
   op_set: OpSet
