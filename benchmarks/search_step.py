@@ -44,6 +44,8 @@ def main():
                  help="one op group per source node instead of the scan over node-to-node edges")
   p.add_argument("--scan-inputs", action="store_true",
                  help="run a cell's stride-1 input edges in its node scan (ops compiled once)")
+  p.add_argument("--trace-only", action="store_true",
+                 help="only trace and lower the step (on abstract state): trace_s, lower_s")
   a = p.parse_args()
   if a.cache:
     jax.config.update("jax_compilation_cache_dir", a.cache)
@@ -62,6 +64,23 @@ def main():
   key = jax.random.key(0)
   images = jax.random.normal(key, (a.batch, 32, 32, 3))
   batch = {"image": images, "label": jnp.arange(a.batch) % 10}
+
+  if a.trace_only:
+    state = jax.eval_shape(lambda k: search.init_search_state(
+        model, strategy, weight_tx, arch_tx, k, images[:2]), key)
+    step = search.make_search_step(model, strategy, weight_tx, arch_tx, cpu_preset=a.cpu_preset)
+    t = time.perf_counter()
+    traced = step.trace(state, batch, batch)
+    trace_s = time.perf_counter() - t
+    t = time.perf_counter()
+    traced.lower()
+    print(json.dumps({
+        "benchmark": "search_step_trace", "label": a.label, **bench.device_info(),
+        "space": a.space, "channels": a.channels, "layers": a.layers, "nodes": a.nodes,
+        "batch": a.batch, "order": a.order, "scan_inputs": a.scan_inputs,
+        "trace_s": round(trace_s, 2), "lower_s": round(time.perf_counter() - t, 2),
+        "jaxpr_eqns": len(traced.jaxpr.eqns)}), flush=True)
+    return
 
   t = time.perf_counter()
   state = compiler.jit(lambda k: search.init_search_state(model, strategy, weight_tx, arch_tx, k,
