@@ -304,7 +304,10 @@ def _load_checkpoint(path: str, template) -> Any:
         template._replace(key=jax.random.key_data(template.key)), payload["state"])
     state = state._replace(key=jax.random.wrap_key_data(state.key))
   except Exception as e:  # pylint: disable=broad-except
-    raise RuntimeError(f"{path}: checkpoint cannot be read ({e}); delete it to start over") from e
+    raise RuntimeError(
+        f"{path}: checkpoint cannot be read ({e}). It was written by a run with another model "
+        f"(config.model: space, op_set, channels, layers, nodes, scan_inputs must match), or it "
+        f"is damaged; resume with that run's config, or delete it to start over") from e
   history = {k: [np.asarray(x) for x in v] for k, v in payload["history"].items()}
   return state, history
 
@@ -592,7 +595,10 @@ def _load_train_checkpoint(path, template):
         template._replace(key=jax.random.key_data(template.key)),
         serialization.msgpack_restore(raw))
   except Exception as e:  # pylint: disable=broad-except
-    raise RuntimeError(f"{path}: checkpoint cannot be read ({e}); delete it to start over") from e
+    raise RuntimeError(
+        f"{path}: checkpoint cannot be read ({e}). It was written by a run with another model "
+        f"(config.model: space, op_set, channels, layers, nodes, scan_inputs must match), or it "
+        f"is damaged; resume with that run's config, or delete it to start over") from e
   return state._replace(key=jax.random.wrap_key_data(state.key))
 
 

@@ -195,6 +195,20 @@ def test_search_survives_kills_and_sigterm_bit_for_bit(cifar10_archive, tmp_path
   assert genotypes.load(str(work / "genotype.json")).to_json() == full["genotype"]
 
 
+def test_resume_with_another_model_layout_names_the_checkpoint(cifar10_archive, tmp_path, caches):
+  """A checkpoint written under one model layout is refused under another, untouched."""
+  c = _config(SEARCH_CONFIG, "smoke")
+  c.update_from_flattened_dict(_overrides(cifar10_archive, caches, SEARCH_OVERRIDES))
+  c.search.epochs = 1
+  work = tmp_path / "run"
+  train_lib.run_search(c, str(work))
+  before = (work / "checkpoint.msgpack").read_bytes()
+  c.search.epochs, c.model.scan_inputs = 2, True
+  with pytest.raises(RuntimeError, match=r"checkpoint\.msgpack.*scan_inputs"):
+    train_lib.run_search(c, str(work))
+  assert (work / "checkpoint.msgpack").read_bytes() == before
+
+
 def test_train_survives_kills_bit_for_bit(cifar10_archive, tmp_path, caches):
   genotype = tmp_path / "tiny.json"
   genotypes.save(TINY_GENOTYPE, str(genotype))
