@@ -132,17 +132,23 @@ def test_finite_difference_needs_learning_rate():
     darts(order=3)
 
 
-def test_step_compiles_once_and_updates_everything():
-  chex.clear_trace_counter()
-  strategy = darts(order=1)
-  model = DartsSearchNet(num_classes=3, channels=3, layers=2, nodes=2, multiplier=2,
-                         op_set=TINY_OPS)
+def _tiny_search(model, strategy):
+  """Optimizers, one batch of 4 random 8x8 images and the initial state for a tiny search."""
   weight_tx, _ = search.darts_weight_optimizer(total_steps=10)
   arch_tx = search.darts_arch_optimizer()
   images = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
   batch = {"image": images, "label": jnp.arange(4) % 3}
   state = search.init_search_state(model, strategy, weight_tx, arch_tx, jax.random.key(0),
                                    images)
+  return weight_tx, arch_tx, images, batch, state
+
+
+def test_step_compiles_once_and_updates_everything():
+  chex.clear_trace_counter()
+  strategy = darts(order=1)
+  model = DartsSearchNet(num_classes=3, channels=3, layers=2, nodes=2, multiplier=2,
+                         op_set=TINY_OPS)
+  weight_tx, arch_tx, images, batch, state = _tiny_search(model, strategy)
   step = jax.jit(chex.assert_max_traces(
       search.make_search_step(model, strategy, weight_tx, arch_tx, jit=False), n=1))
   start = jax.device_get(state)
@@ -194,12 +200,7 @@ def test_step_traces_the_model_once(order, hessian):
   trace and each pass differentiates the recorded jaxpr."""
   model = _CountingNet()
   strategy = darts(order=order, hessian=hessian, learning_rate=0.1)
-  weight_tx, _ = search.darts_weight_optimizer(total_steps=10)
-  arch_tx = search.darts_arch_optimizer()
-  images = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
-  batch = {"image": images, "label": jnp.arange(4) % 3}
-  state = search.init_search_state(model, strategy, weight_tx, arch_tx, jax.random.key(0),
-                                   images)
+  weight_tx, arch_tx, _, batch, state = _tiny_search(model, strategy)
   _TRACED.clear()
   step = search.make_search_step(model, strategy, weight_tx, arch_tx)
   state, metrics = step(state, batch, batch)
