@@ -65,10 +65,10 @@ def main():
   images = jax.random.normal(key, (a.batch, 32, 32, 3))
   batch = {"image": images, "label": jnp.arange(a.batch) % 10}
 
+  init = lambda k: search.init_search_state(model, strategy, weight_tx, arch_tx, k, images[:2])
+  step = search.make_search_step(model, strategy, weight_tx, arch_tx, cpu_preset=a.cpu_preset)
   if a.trace_only:
-    state = jax.eval_shape(lambda k: search.init_search_state(
-        model, strategy, weight_tx, arch_tx, k, images[:2]), key)
-    step = search.make_search_step(model, strategy, weight_tx, arch_tx, cpu_preset=a.cpu_preset)
+    state = jax.eval_shape(init, key)
     t = time.perf_counter()
     traced = step.trace(state, batch, batch)
     trace_s = time.perf_counter() - t
@@ -83,12 +83,10 @@ def main():
     return
 
   t = time.perf_counter()
-  state = compiler.jit(lambda k: search.init_search_state(model, strategy, weight_tx, arch_tx, k,
-                                                          images[:2]), cpu_preset=a.cpu_preset)(key)
+  state = compiler.jit(init, cpu_preset=a.cpu_preset)(key)
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t
 
-  step = search.make_search_step(model, strategy, weight_tx, arch_tx, cpu_preset=a.cpu_preset)
   t = time.perf_counter()
   lowered = step.lower(state, batch, batch)  # tracing and lowering, timed apart from compiling
   trace_s = time.perf_counter() - t

@@ -208,14 +208,14 @@ def search_weight_optimizer(c: ml_collections.ConfigDict, total_steps: int):
 
 def build_search_model(c: ml_collections.ConfigDict, num_classes: int):
   op_set = OP_SETS[c.model.op_set]
+  scan_inputs = c.model.get("scan_inputs", False)
   if c.model.space == "darts":
     return DartsSearchNet(num_classes=num_classes, channels=c.model.channels,
                           layers=c.model.layers, nodes=c.model.nodes,
-                          multiplier=c.model.nodes, op_set=op_set,
-                          scan_inputs=c.model.get("scan_inputs", False))
+                          multiplier=c.model.nodes, op_set=op_set, scan_inputs=scan_inputs)
   return NB201SearchNet(num_classes=num_classes, channels=c.model.channels,
                         cells_per_stage=c.model.layers, nodes=c.model.nodes, op_set=op_set,
-                        scan_inputs=c.model.get("scan_inputs", False))
+                        scan_inputs=scan_inputs)
 
 
 class _Progress:

@@ -320,14 +320,14 @@ class SearchCell(nn.Module):
       raise ValueError(f"cell op weights must have shape {(n_edges, len(self.op_set.ops))}, "
                        f"got {weights.shape}")
     states = list(inputs)
-    partial = [None] * self.n_nodes
-    groups = edge_groups(self.n_inputs, self.n_nodes)
     if self.scan_nodes and self.scan_inputs and not self.reduction:
       zeros = jnp.zeros((self.n_nodes,) + inputs[0].shape, inputs[0].dtype)
       out = NodeEdges(self.op_set, self.channels, self.n_inputs, self.n_nodes, self.affine,
                       self.train, from_inputs=True, name="edges")(
                           jnp.concatenate([jnp.stack(states), zeros]), weights)
       return list(out)
+    partial = [None] * self.n_nodes
+    groups = edge_groups(self.n_inputs, self.n_nodes)
     if self.scan_nodes and self.n_nodes > 1:
       out = self._group(states, groups[0], 0, weights)  # destinations: every node, in order
       out = NodeEdges(self.op_set, self.channels, self.n_inputs, self.n_nodes, self.affine,
