@@ -238,8 +238,8 @@ def run(argv: List[str]) -> int:
 
 def _user_errors():
   from dnas import data, genotypes, published, train_lib  # pylint: disable=g-import-not-at-top
-  return (UsageError, train_lib.ConfigError, data.DataError, genotypes.GenotypeError,
-          published.UnknownGenotypeError, FileNotFoundError)
+  return (UsageError, train_lib.ConfigError, train_lib.CheckpointError, data.DataError,
+          genotypes.GenotypeError, published.UnknownGenotypeError, FileNotFoundError)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -12,7 +12,10 @@ data, builds the supernet, strategy and optimizers, and steps ``make_search_step
     genotype.json        the derived genotype, updated every epoch
     plots/               the cells (PNG, PDF, DOT) and the op-weight heatmap
 
-Running it again on the same folder resumes from the checkpoint; batches are pure functions of
+Running it again on the same folder resumes from the checkpoint, under the config (and, for
+retraining, the genotype) that wrote it: a value that changes the run is refused before anything
+is written (``RESUMABLE_KEYS`` may change: paths, logging, checkpoint interval, compiler
+settings). Batches are pure functions of
 ``(seed, step)``, so a resumed run ends where an uninterrupted one does, bit for bit, however it
 was stopped (``tests/test_robustness.py`` kills it). Every file is written atomically; what a
 killed run logged after its last checkpoint is dropped on resume and logged again. SIGTERM or
@@ -52,6 +55,19 @@ class ConfigError(ValueError):
 
 class NonFiniteError(RuntimeError):
   """Too many consecutive steps with a non-finite loss or gradient."""
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint that does not fit the run resuming it (or is damaged); names the file."""
+
+
+# Config keys a resumed run may change: where data and caches live, how often it logs,
+# checkpoints and evaluates, and compiler settings (XLA's CPU presets give the same step to
+# float32 rounding). Any other change would make the resumed run a mix of two runs.
+RESUMABLE_KEYS = frozenset({
+    "data.path", "data.data_dir", "data.cache_dir", "data.workers", "data.eval_batch_size",
+    "log_every_steps", "checkpoint_every_steps", "eval_every_epochs", "max_bad_steps",
+    "compilation_cache_dir", "xla_cpu_preset"})
 
 
 @jax.jit
@@ -288,6 +304,86 @@ def _start_clean(workdir: str, step: int) -> None:
     io.atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
+def _flat(tree: Any, prefix: str = "") -> Dict[str, Any]:
+  if not isinstance(tree, dict):
+    return {prefix: tree}
+  out = {}
+  for k, v in tree.items():
+    out.update(_flat(v, f"{prefix}.{k}" if prefix else k))
+  return out
+
+
+def _check_resume(workdir: str, c: ml_collections.ConfigDict, genotype=None) -> None:
+  """Refuses to resume a run under another config or genotype than the one that wrote it.
+
+  Runs before the run writes anything, so the folder's ``config.json``, ``genotype.json`` and
+  checkpoint stay as they were. Keys in only one of the two configs (written by another version
+  of dnas) are not compared.
+
+  Raises:
+    ConfigError: naming every key that differs, with both values.
+  """
+  if not os.path.exists(os.path.join(workdir, "checkpoint.msgpack")):
+    return
+  path = os.path.join(workdir, "config.json")
+  if os.path.exists(path):
+    try:
+      with open(path) as f:
+        old = _flat(json.load(f))
+    except ValueError as e:
+      raise ConfigError(f"{path}: cannot be read ({e}); it records the config of the run this "
+                        f"folder resumes, so restore it or choose another --workdir") from e
+    new = _flat(json.loads(c.to_json_best_effort()))
+    diff = [f"config.{k}: {old[k]!r} in {path}, {new[k]!r} now" for k in sorted(old)
+            if k in new and k not in RESUMABLE_KEYS and old[k] != new[k]]
+    if diff:
+      raise ConfigError(
+          f"{workdir} holds a checkpoint of a run with another config; resuming it would mix two "
+          f"runs. " + "; ".join(diff) + ". Resume with the run's values, or choose another "
+          f"--workdir (only " + ", ".join(sorted(RESUMABLE_KEYS)) + " may change on resume)")
+  path = os.path.join(workdir, "genotype.json")
+  if genotype is not None and os.path.exists(path):
+    try:
+      old_g = genotypes.load(path).to_json()
+    except (ValueError, genotypes.GenotypeError) as e:
+      raise ConfigError(f"{path}: cannot be read ({e}); it records the genotype of the run "
+                        f"this folder resumes, so restore it or choose another --workdir") from e
+    if old_g != genotype.to_json():
+      raise ConfigError(
+          f"{workdir} holds a checkpoint of a run that trains another genotype ({path}: "
+          f"{json.dumps(old_g)}; now: {json.dumps(genotype.to_json())}); resume with that "
+          f"genotype, or choose another --workdir")
+
+
+def _restore_state(template, state_dict):
+  """``template`` (arrays or ``jax.ShapeDtypeStruct``s, key included) filled from a checkpoint.
+
+  Every array must have the template's shape and dtype: Flax's ``from_state_dict`` only checks
+  the tree's keys, and a wrong-shaped weight would otherwise fail much later, or not at all.
+  """
+  key_template = jax.eval_shape(jax.random.key_data, template.key)
+  template = template._replace(key=key_template)
+  state = serialization.from_state_dict(template, state_dict)
+  bad = []
+  for (where, want), got in zip(jax.tree_util.tree_flatten_with_path(template)[0],
+                                jax.tree.leaves(state)):
+    got = np.asarray(got)
+    if got.shape != tuple(want.shape) or got.dtype != want.dtype:
+      bad.append(f"{jax.tree_util.keystr(where)}: {got.dtype}{list(got.shape)} in the file, "
+                 f"{np.dtype(want.dtype)}{list(want.shape)} expected")
+  if bad:
+    raise ValueError("; ".join(bad[:3]) + (f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""))
+  state = jax.device_put(state)
+  return state._replace(key=jax.random.wrap_key_data(state.key))
+
+
+def _checkpoint_error(path: str, e: Exception) -> CheckpointError:
+  return CheckpointError(
+      f"{path}: checkpoint cannot be read ({e}). It was written by a run with another model "
+      f"(config.model: space, op_set, channels, layers, nodes, scan_inputs must match), or it "
+      f"is damaged; resume with that run's config, or delete it to start over")
+
+
 def _save_checkpoint(path: str, state, history: Dict[str, list]) -> None:
   state = state._replace(key=jax.random.key_data(state.key))
   payload = {"state": serialization.to_state_dict(jax.device_get(state)),
@@ -300,15 +396,10 @@ def _load_checkpoint(path: str, template) -> Any:
     raw = f.read()
   try:
     payload = serialization.msgpack_restore(raw)
-    state = serialization.from_state_dict(
-        template._replace(key=jax.random.key_data(template.key)), payload["state"])
-    state = state._replace(key=jax.random.wrap_key_data(state.key))
+    state = _restore_state(template, payload["state"])
+    history = {k: [np.asarray(x) for x in v] for k, v in payload["history"].items()}
   except Exception as e:  # pylint: disable=broad-except
-    raise RuntimeError(
-        f"{path}: checkpoint cannot be read ({e}). It was written by a run with another model "
-        f"(config.model: space, op_set, channels, layers, nodes, scan_inputs must match), or it "
-        f"is damaged; resume with that run's config, or delete it to start over") from e
-  history = {k: [np.asarray(x) for x in v] for k, v in payload["history"].items()}
+    raise _checkpoint_error(path, e) from e
   return state, history
 
 
@@ -361,6 +452,7 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
   c = config
   validate_search_config(c)
   os.makedirs(workdir, exist_ok=True)
+  _check_resume(workdir, c)
   enable_compilation_cache(c.compilation_cache_dir)
   io.atomic_write_text(os.path.join(workdir, "config.json"), c.to_json_best_effort(indent=2))
 
@@ -389,12 +481,15 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
 
   t0 = time.time()
   preset = c.xla_cpu_preset
-  init = functools.partial(search.init_search_state, model, strategy, weight_tx, arch_tx)
-  state = compiler.jit(init, cpu_preset=preset)(init_key, jnp.zeros((2,) + images.shape[1:]))
-  history: Dict[str, list] = {k: [] for k in state.arch}
+  init = functools.partial(search.init_search_state, model, strategy, weight_tx, arch_tx,
+                           init_key, jnp.zeros((2,) + images.shape[1:]))
   ckpt = os.path.join(workdir, "checkpoint.msgpack")
-  if os.path.exists(ckpt):
-    state, history = _load_checkpoint(ckpt, state)
+  history: Dict[str, list]
+  if not os.path.exists(ckpt):
+    state = compiler.jit(init, cpu_preset=preset)()
+    history = {k: [] for k in state.arch}
+  else:  # the checkpoint holds every array: only the state's shapes are needed, not its values
+    state, history = _load_checkpoint(ckpt, jax.eval_shape(init))
     print(f"resuming {workdir} from step {int(state.step)}", flush=True)
   _start_clean(workdir, int(state.step))
   init_s = time.time() - t0
@@ -591,15 +686,9 @@ def _load_train_checkpoint(path, template):
   with open(path, "rb") as f:
     raw = f.read()
   try:
-    state = serialization.from_state_dict(
-        template._replace(key=jax.random.key_data(template.key)),
-        serialization.msgpack_restore(raw))
+    return _restore_state(template, serialization.msgpack_restore(raw))
   except Exception as e:  # pylint: disable=broad-except
-    raise RuntimeError(
-        f"{path}: checkpoint cannot be read ({e}). It was written by a run with another model "
-        f"(config.model: space, op_set, channels, layers, nodes, scan_inputs must match), or it "
-        f"is damaged; resume with that run's config, or delete it to start over") from e
-  return state._replace(key=jax.random.wrap_key_data(state.key))
+    raise _checkpoint_error(path, e) from e
 
 
 def _subset(key, n: int, size: int) -> Optional[np.ndarray]:
@@ -712,6 +801,7 @@ def run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
   c = config
   validate_train_config(c, genotype)
   os.makedirs(workdir, exist_ok=True)
+  _check_resume(workdir, c, genotype)
   enable_compilation_cache(c.compilation_cache_dir)
   io.atomic_write_text(os.path.join(workdir, "config.json"), c.to_json_best_effort(indent=2))
   genotypes.save(genotype, os.path.join(workdir, "genotype.json"))
@@ -731,11 +821,13 @@ def run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
   dtype = compute_dtype(c.train.compute_dtype)
   tx, schedule = train_optimizer(c, total, spe)
   t0 = time.time()
-  state = retrain.init_train_state(model, tx, init_key, jnp.zeros((2,) + feed.image_shape),
-                                   cpu_preset=c.xla_cpu_preset)
+  init = functools.partial(retrain.init_train_state, model, tx, init_key,
+                           jnp.zeros((2,) + feed.image_shape), cpu_preset=c.xla_cpu_preset)
   ckpt = os.path.join(workdir, "checkpoint.msgpack")
-  if os.path.exists(ckpt):
-    state = _load_train_checkpoint(ckpt, state)
+  if not os.path.exists(ckpt):
+    state = init()
+  else:  # shapes only: the checkpoint holds every array
+    state = _load_train_checkpoint(ckpt, jax.eval_shape(init))
     print(f"resuming {workdir} from step {int(state.step)}", flush=True)
   _start_clean(workdir, int(state.step))
   init_s = time.time() - t0

@@ -195,18 +195,64 @@ def test_search_survives_kills_and_sigterm_bit_for_bit(cifar10_archive, tmp_path
   assert genotypes.load(str(work / "genotype.json")).to_json() == full["genotype"]
 
 
-def test_resume_with_another_model_layout_names_the_checkpoint(cifar10_archive, tmp_path, caches):
-  """A checkpoint written under one model layout is refused under another, untouched."""
+def _files(work):
+  return {p.name: p.read_bytes() for p in sorted(work.iterdir()) if p.is_file()}
+
+
+def test_resume_under_another_config_is_refused_before_anything_is_written(
+    cifar10_archive, tmp_path, caches):
+  """Every changed key is named with both values; the run folder is left byte for byte."""
   c = _config(SEARCH_CONFIG, "smoke")
   c.update_from_flattened_dict(_overrides(cifar10_archive, caches, SEARCH_OVERRIDES))
   c.search.epochs = 1
   work = tmp_path / "run"
-  train_lib.run_search(c, str(work))
+  train_lib.run_search(c, str(work), stop_after_steps=3)
+  before = _files(work)
+  assert "checkpoint.msgpack" in before and "config.json" in before
+  changed = c.copy_and_resolve_references()
+  changed.search.learning_rate, changed.model.scan_inputs = 0.05, True
+  with pytest.raises(train_lib.ConfigError) as e:
+    train_lib.run_search(changed, str(work))
+  msg = str(e.value)
+  assert re.search(r"config\.model\.scan_inputs: False in .*config\.json, True now", msg), msg
+  assert "config.search.learning_rate: 0.025" in msg and "0.05 now" in msg, msg
+  assert _files(work) == before
+  # Logging and checkpoint intervals may change: the run resumes and finishes its epoch.
+  c.log_every_steps, c.checkpoint_every_steps = 2, 100
+  assert train_lib.run_search(c, str(work))["step"] == 4
+
+
+def test_a_checkpoint_of_another_model_is_refused_by_name(cifar10_archive, tmp_path, caches):
+  """Without the run's config.json to compare, the checkpoint itself is checked: its tree
+  (another layout) and every array's shape (another width), and it is left untouched."""
+  c = _config(SEARCH_CONFIG, "smoke")
+  c.update_from_flattened_dict(_overrides(cifar10_archive, caches, SEARCH_OVERRIDES))
+  c.search.epochs = 1
+  work = tmp_path / "run"
+  train_lib.run_search(c, str(work), stop_after_steps=3)
   before = (work / "checkpoint.msgpack").read_bytes()
-  c.search.epochs, c.model.scan_inputs = 2, True
-  with pytest.raises(RuntimeError, match=r"checkpoint\.msgpack.*scan_inputs"):
-    train_lib.run_search(c, str(work))
-  assert (work / "checkpoint.msgpack").read_bytes() == before
+  for key, value, match in [("scan_inputs", True, r"checkpoint\.msgpack.*scan_inputs"),
+                            ("channels", 6, r"checkpoint\.msgpack.*\[.*6.*expected")]:
+    (work / "config.json").unlink()
+    other = c.copy_and_resolve_references()
+    other.model[key] = value
+    with pytest.raises(train_lib.CheckpointError, match=match):
+      train_lib.run_search(other, str(work))
+    assert (work / "checkpoint.msgpack").read_bytes() == before
+
+
+def test_resume_with_another_genotype_is_refused(cifar10_archive, tmp_path, caches):
+  c = _config(TRAIN_CONFIG, "smoke")
+  c.update_from_flattened_dict(_overrides(cifar10_archive, caches, TRAIN_OVERRIDES))
+  work = tmp_path / "run"
+  train_lib.run_train(c, TINY_GENOTYPE, str(work), stop_after_steps=3)
+  before = _files(work)
+  other = genotypes.darts(normal=[("sep_conv_3x3", 0), ("max_pool_3x3", 1)],
+                          reduce=[("max_pool_3x3", 0), ("dil_conv_3x3", 1)],
+                          normal_concat=(2,), reduce_concat=(2,))
+  with pytest.raises(train_lib.ConfigError, match=r"another genotype \(.*genotype\.json"):
+    train_lib.run_train(c, other, str(work))
+  assert _files(work) == before
 
 
 def test_train_survives_kills_bit_for_bit(cifar10_archive, tmp_path, caches):
