@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dnas.ops import layers
+from dnas.ops import layers, registry
 from dnas.ops.sets import DARTS, NB201, OpSet
 from dnas.spaces import cell as cell_lib
 
@@ -121,3 +121,20 @@ def test_cell_with_shifted_depthwise_equals_explicit_sum(monkeypatch):
   assert cell_lib._reads_shared_input("max_pool_3x3")
   test_cell_equals_explicit_weighted_sum(DARTS, 1, 3, False, scan_nodes=True, scan_inputs=False)
   test_cell_equals_explicit_weighted_sum(DARTS, 1, 3, False, scan_nodes=True, scan_inputs=True)
+
+
+def test_a_users_depthwise_op_takes_the_path_its_registration_asks_for(monkeypatch):
+  """``register(..., depthwise=True)`` is what routes an op to the broadcast path (not its name);
+  the hint changes no result."""
+  monkeypatch.setenv("DNAS_DEPTHWISE", "shift")
+  sep = lambda c, s, affine=True: layers.SepConv(c, 3, s, 1, affine=affine)
+  with registry.temporary("my_sep", sep, depthwise=True), \
+      registry.temporary("my_sep_without_hint", sep):
+    assert registry.is_depthwise("my_sep") and not registry.is_depthwise("my_sep_without_hint")
+    assert not cell_lib._reads_shared_input("my_sep")
+    assert cell_lib._reads_shared_input("my_sep_without_hint")
+    ops = OpSet("mine", ("none", "my_sep", "my_sep_without_hint", "max_pool_3x3"),
+                bn_after=("max_pool_3x3",))
+    test_cell_equals_explicit_weighted_sum(ops, 1, 3, False, scan_nodes=True, scan_inputs=False)
+  monkeypatch.setenv("DNAS_DEPTHWISE", "conv")  # the native form: every op reads it unbatched
+  assert cell_lib._reads_shared_input("sep_conv_3x3")

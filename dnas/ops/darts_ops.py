@@ -34,21 +34,21 @@ def skip_connect(channels, stride, affine=True):
   return layers.FactorizedReduce(channels, affine=affine)
 
 
-@register("sep_conv_3x3")
+@register("sep_conv_3x3", depthwise=True)
 def sep_conv_3x3(channels, stride, affine=True):
   return layers.SepConv(channels, 3, stride, 1, affine=affine)
 
 
-@register("sep_conv_5x5")
+@register("sep_conv_5x5", depthwise=True)
 def sep_conv_5x5(channels, stride, affine=True):
   return layers.SepConv(channels, 5, stride, 2, affine=affine)
 
 
-@register("dil_conv_3x3")
+@register("dil_conv_3x3", depthwise=True)
 def dil_conv_3x3(channels, stride, affine=True):
   return layers.DilConv(channels, 3, stride, 2, 2, affine=affine)
 
 
-@register("dil_conv_5x5")
+@register("dil_conv_5x5", depthwise=True)
 def dil_conv_5x5(channels, stride, affine=True):
   return layers.DilConv(channels, 5, stride, 4, 2, affine=affine)

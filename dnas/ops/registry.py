@@ -25,6 +25,7 @@ OpFactory = Callable[..., nn.Module]
 
 _REGISTRY: Dict[str, OpFactory] = {}
 _TAKES_AFFINE: Dict[str, bool] = {}
+_DEPTHWISE: Dict[str, bool] = {}
 
 
 class UnknownOpError(KeyError):
@@ -34,12 +35,18 @@ class UnknownOpError(KeyError):
     return str(self.args[0])
 
 
-def register(name: str, *, overwrite: bool = False) -> Callable[[OpFactory], OpFactory]:
+def register(name: str, *, overwrite: bool = False,
+             depthwise: bool = False) -> Callable[[OpFactory], OpFactory]:
   """Registers an op factory under ``name``.
 
   Args:
     name: the op's name, as it appears in genotypes (e.g. ``"sep_conv_3x3"``).
     overwrite: allow replacing an existing op of the same name.
+    depthwise: the op's cost is in depthwise convolutions (``SepConv``, ``DilConv`` or
+      ``Conv(..., depthwise=True)`` of ``dnas.ops.layers``). A speed hint, never a change of results: on the CPU
+      the supernet then runs the op on a copy of a shared input per edge instead of on the one
+      input with the edges' weights side by side, which is faster for the shifted-sum depthwise
+      convolution and slower for everything else (``dnas.spaces.cell``).
 
   Returns:
     A decorator that registers and returns the factory unchanged.
@@ -56,6 +63,7 @@ def register(name: str, *, overwrite: bool = False) -> Callable[[OpFactory], OpF
           f"op {name!r} is already registered; registered ops: {sorted(_REGISTRY)}. "
           "Pass overwrite=True to replace it.")
     _REGISTRY[name] = factory
+    _DEPTHWISE[name] = bool(depthwise)
     try:
       params = inspect.signature(factory).parameters
       _TAKES_AFFINE[name] = "affine" in params or any(
@@ -72,6 +80,13 @@ def unregister(name: str) -> None:
   get(name)
   del _REGISTRY[name]
   del _TAKES_AFFINE[name]
+  del _DEPTHWISE[name]
+
+
+def is_depthwise(name: str) -> bool:
+  """Whether op ``name`` was registered with ``depthwise=True``."""
+  get(name)
+  return _DEPTHWISE[name]
 
 
 def get(name: str) -> OpFactory:
@@ -101,9 +116,9 @@ def build(name: str, channels: int, stride: int, *, affine: bool = True) -> nn.M
 
 
 @contextlib.contextmanager
-def temporary(name: str, factory: OpFactory) -> Iterator[None]:
+def temporary(name: str, factory: OpFactory, *, depthwise: bool = False) -> Iterator[None]:
   """Registers ``factory`` as ``name`` for the duration of a ``with`` block."""
-  register(name)(factory)
+  register(name, depthwise=depthwise)(factory)
   try:
     yield
   finally:

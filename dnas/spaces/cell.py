@@ -88,10 +88,11 @@ def _reads_shared_input(op: str) -> bool:
   That is faster for dense convolutions and pools (measured on the CPU: NAS-Bench-201's
   ``nor_conv_3x3`` 3x, pools 1.6-3.4x) but 3-10x slower for the shifted-sum depthwise
   convolution of DARTS' ``sep_conv_*`` / ``dil_conv_*``, whose input gradient then reduces over
-  the edges once per kernel tap; those get the input broadcast along the edge axis instead.
+  the edges once per kernel tap; ops registered with ``depthwise=True`` get the input broadcast
+  along the edge axis instead while that form is in use.
   """
-  depthwise = op.startswith(("sep_conv", "dil_conv"))
-  return not (depthwise and layers._depthwise_impl() == "shift")  # pylint: disable=protected-access
+  shifted = layers._depthwise_impl() == "shift"  # pylint: disable=protected-access
+  return not (shifted and registry.is_depthwise(op))
 
 
 @functools.lru_cache(maxsize=None)
