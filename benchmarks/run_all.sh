@@ -25,6 +25,7 @@ if [ "$MODE" = cpu ]; then
   run $PY benchmarks/train_step.py --batch 8 --steps 2 --label paper_network_b8
   run $PY benchmarks/data_pipeline.py --steps 50
   run $PY benchmarks/stream_pipeline.py --workers 1,2,4
+  run $PY benchmarks/warm_start.py --channels 8 --layers 5 --batch 8
 else
   for b in 64 256; do
     for o in 1 2; do
@@ -36,5 +37,6 @@ else
   run $PY benchmarks/train_step.py --batch 96 --steps 20
   run $PY benchmarks/data_pipeline.py
   run $PY benchmarks/stream_pipeline.py --workers 4,8,16
+  run $PY benchmarks/warm_start.py --channels 16 --layers 8 --batch 64
 fi
 rm -rf "$CACHE"
