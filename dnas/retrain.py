@@ -52,7 +52,8 @@ class TrainState(NamedTuple):
 
 
 def init_train_state(model: nn.Module, tx: optax.GradientTransformation, key: PRNGKey,
-                     sample_images: jax.Array, cpu_preset: Optional[str] = None) -> TrainState:
+                     sample_images: jax.Array, cpu_preset: Optional[str] = None,
+                     jit: bool = True) -> TrainState:
   """Initialises weights (float32), BatchNorm statistics and the optimizer state.
 
   Args:
@@ -62,6 +63,9 @@ def init_train_state(model: nn.Module, tx: optax.GradientTransformation, key: PR
     sample_images: ``[B, H, W, C]`` images of the training size (values unused beyond
       shapes; a batch of 1 or 2 is enough).
     cpu_preset: XLA's CPU optimisation preset for the initialisation (``dnas.compiler``).
+    jit: compile the initialisation on its own; False traces it into the caller's trace
+      (e.g. ``jax.eval_shape`` for the state's shapes: compiler options are only allowed on an
+      outermost ``jit``).
 
   Returns:
     A ``TrainState`` at step 0.
@@ -69,8 +73,10 @@ def init_train_state(model: nn.Module, tx: optax.GradientTransformation, key: PR
   init_key, state_key = jax.random.split(key)
   # train=True builds the parts that only run in training (the auxiliary head); Flax does not
   # update BatchNorm statistics during init.
-  variables = compiler.jit(functools.partial(model.init, train=True), cpu_preset=cpu_preset)(
-      fast_init_key(init_key), jnp.zeros(sample_images.shape, jnp.float32))
+  init = functools.partial(model.init, train=True)
+  if jit:
+    init = compiler.jit(init, cpu_preset=cpu_preset)
+  variables = init(fast_init_key(init_key), jnp.zeros(sample_images.shape, jnp.float32))
   params = variables["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables.get("batch_stats", {}),

@@ -15,12 +15,12 @@ data, builds the supernet, strategy and optimizers, and steps ``make_search_step
 Running it again on the same folder resumes from the checkpoint, under the config (and, for
 retraining, the genotype) that wrote it: a value that changes the run is refused before anything
 is written (``RESUMABLE_KEYS`` may change: paths, logging, checkpoint interval, compiler
-settings). Batches are pure functions of
-``(seed, step)``, so a resumed run ends where an uninterrupted one does, bit for bit, however it
-was stopped (``tests/test_robustness.py`` kills it). Every file is written atomically; what a
-killed run logged after its last checkpoint is dropped on resume and logged again. SIGTERM or
-SIGINT stops the loop after the current step, checkpoints, prints how to resume and returns
-normally (``dnas search`` and ``dnas train`` exit with status 0).
+settings). Batches are pure functions of ``(seed, step)``, so a resumed run ends where an
+uninterrupted one does, bit for bit, however it was stopped (``tests/test_robustness.py`` kills
+it). Every file is written atomically; what a killed run logged after its last checkpoint is
+dropped on resume and logged again. SIGTERM or SIGINT stops the loop after the current step,
+checkpoints, prints how to resume and returns normally (``dnas search`` and ``dnas train`` exit
+with status 0).
 """
 
 from __future__ import annotations
@@ -827,7 +827,7 @@ def run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
   if not os.path.exists(ckpt):
     state = init()
   else:  # shapes only: the checkpoint holds every array
-    state = _load_train_checkpoint(ckpt, jax.eval_shape(init))
+    state = _load_train_checkpoint(ckpt, jax.eval_shape(functools.partial(init, jit=False)))
     print(f"resuming {workdir} from step {int(state.step)}", flush=True)
   _start_clean(workdir, int(state.step))
   init_s = time.time() - t0

@@ -253,6 +253,7 @@ def test_resume_with_another_genotype_is_refused(cifar10_archive, tmp_path, cach
   with pytest.raises(train_lib.ConfigError, match=r"another genotype \(.*genotype\.json"):
     train_lib.run_train(c, other, str(work))
   assert _files(work) == before
+  assert train_lib.run_train(c, TINY_GENOTYPE, str(work))["step"] == 8  # its own genotype resumes
 
 
 def test_train_survives_kills_bit_for_bit(cifar10_archive, tmp_path, caches):
