@@ -155,6 +155,8 @@ def _kill_and_resume(kind, overrides, genotype, tmp_path, signals, seed):
   (work / ".checkpoint.msgpack.stale.tmp").write_bytes(b"half")
   r = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+  if signal.SIGTERM in interrupted:  # SIGTERM checkpoints: the last start resumed from one
+    assert re.search(r"resuming .* from step [1-9]", r.stdout), r.stdout[-3000:]
   assert not glob.glob(str(work / ".*.tmp")) and not glob.glob(str(work / "plots" / ".*.tmp"))
   _check_readable(work)
   return work
@@ -266,7 +268,7 @@ def test_train_survives_kills_bit_for_bit(cifar10_archive, tmp_path, caches):
   full = train_lib.run_train(c, TINY_GENOTYPE, str(ref))
   assert full["step"] == 8
   work = _kill_and_resume("train", overrides, str(genotype), tmp_path,
-                          [signal.SIGKILL, signal.SIGKILL], seed=1)
+                          [signal.SIGKILL, signal.SIGTERM, signal.SIGKILL], seed=1)
   _assert_same_run(work, ref, ["checkpoint.msgpack", "genotype.json"])
   final = json.loads((work / "final_metrics.json").read_text())
   for k in ("step", "epochs", "test_loss", "test_acc", "n_params"):
