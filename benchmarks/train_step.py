@@ -15,14 +15,13 @@ buffers + temporaries), reported on every backend. The same as
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from dnas import bench, published  # noqa: E402
+from dnas import bench, published, train_lib  # noqa: E402
 
 
 def main():
@@ -38,11 +37,7 @@ def main():
   p.add_argument("--label", default="")
   a = p.parse_args()
 
-  spec = importlib.util.spec_from_file_location(
-      "train_cifar10", os.path.join(ROOT, "experiments", "train_cifar10.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
+  c = train_lib.load_config(os.path.join(ROOT, "experiments", "train_cifar10.py"))
   c.model.channels, c.model.layers, c.data.batch_size = a.channels, a.layers, a.batch
   for row in bench.bench_train(c, published.get(a.genotype), a.steps, 10, (32, 32, 3),
                                a.dtypes.split(","), cpu_preset=a.cpu_preset):

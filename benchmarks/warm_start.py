@@ -35,12 +35,8 @@ DEFAULT_PATH = os.path.join(REPO, "..", "shared", "data", "cifar10-jpeg.tar.gz")
 CHILD = """
 import sys
 sys.path.insert(0, {repo!r})
-import importlib.util
 from dnas import train_lib
-spec = importlib.util.spec_from_file_location("config", {config!r})
-module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
-c = module.get_config("first_order")
+c = train_lib.load_config({config!r}, "first_order")
 c.update_from_flattened_dict({overrides!r})
 train_lib.run_search(c, {workdir!r}, stop_after_steps={steps})
 """

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import importlib.util
 import json
 import math
 import os
@@ -40,7 +41,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from flax import serialization
+from flax import serialization, traverse_util
 
 from dnas import data as data_lib
 from dnas import compiler, discretize, genotypes, io, plot, search
@@ -51,6 +52,20 @@ from dnas.strategies import darts
 
 class ConfigError(ValueError):
   """A config value that cannot work; the message names the key."""
+
+
+def load_config(path: str, variant: Optional[str] = None) -> ml_collections.ConfigDict:
+  """``get_config(variant)`` of the experiment config file at ``path`` (as ``--config`` reads).
+
+  Raises:
+    FileNotFoundError: naming ``path``.
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config file not found: {path}")
+  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config() if variant is None else module.get_config(variant)
 
 
 class NonFiniteError(RuntimeError):
@@ -304,15 +319,6 @@ def _start_clean(workdir: str, step: int) -> None:
     io.atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
-def _flat(tree: Any, prefix: str = "") -> Dict[str, Any]:
-  if not isinstance(tree, dict):
-    return {prefix: tree}
-  out = {}
-  for k, v in tree.items():
-    out.update(_flat(v, f"{prefix}.{k}" if prefix else k))
-  return out
-
-
 def _check_resume(workdir: str, c: ml_collections.ConfigDict, genotype=None) -> None:
   """Refuses to resume a run under another config or genotype than the one that wrote it.
 
@@ -329,11 +335,11 @@ def _check_resume(workdir: str, c: ml_collections.ConfigDict, genotype=None) -> 
   if os.path.exists(path):
     try:
       with open(path) as f:
-        old = _flat(json.load(f))
+        old = traverse_util.flatten_dict(json.load(f), sep=".")
     except ValueError as e:
       raise ConfigError(f"{path}: cannot be read ({e}); it records the config of the run this "
                         f"folder resumes, so restore it or choose another --workdir") from e
-    new = _flat(json.loads(c.to_json_best_effort()))
+    new = traverse_util.flatten_dict(json.loads(c.to_json_best_effort()), sep=".")
     diff = [f"config.{k}: {old[k]!r} in {path}, {new[k]!r} now" for k in sorted(old)
             if k in new and k not in RESUMABLE_KEYS and old[k] != new[k]]
     if diff:

@@ -1,7 +1,6 @@
 """The `dnas` command end to end on real CIFAR-10 images; resume; usage errors."""
 
 import glob
-import importlib.util
 import json
 import os
 import struct
@@ -32,10 +31,7 @@ def fast_compile():
 
 
 def _config(path, variant, archive=None, caches=None):
-  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config(variant)
+  c = train_lib.load_config(path, variant)
   if archive is not None:
     c.data.path = archive
     c.data.cache_dir = str(caches / "data")

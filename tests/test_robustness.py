@@ -35,11 +35,7 @@ SETTINGS = hypothesis.settings(max_examples=80, deadline=None, derandomize=True,
 
 
 def _config(path, variant):
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(variant)
+  return train_lib.load_config(path, variant)
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,11 +17,7 @@ TRAIN_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 
 
 def _smoke_config():
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location("train_cifar10", TRAIN_CONFIG)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config("smoke")
+  return train_lib.load_config(TRAIN_CONFIG, "smoke")
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                    "ship", "truck")

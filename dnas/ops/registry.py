@@ -43,10 +43,10 @@ def register(name: str, *, overwrite: bool = False,
     name: the op's name, as it appears in genotypes (e.g. ``"sep_conv_3x3"``).
     overwrite: allow replacing an existing op of the same name.
     depthwise: the op's cost is in depthwise convolutions (``SepConv``, ``DilConv`` or
-      ``Conv(..., depthwise=True)`` of ``dnas.ops.layers``). A speed hint, never a change of results: on the CPU
-      the supernet then runs the op on a copy of a shared input per edge instead of on the one
-      input with the edges' weights side by side, which is faster for the shifted-sum depthwise
-      convolution and slower for everything else (``dnas.spaces.cell``).
+      ``Conv(..., depthwise=True)`` of ``dnas.ops.layers``). A speed hint, never a change of
+      results: on the CPU the supernet then runs the op on a copy of a shared input per edge
+      instead of on the one input with the edges' weights side by side, which is faster for the
+      shifted-sum depthwise convolution and slower for everything else (``dnas.spaces.cell``).
 
   Returns:
     A decorator that registers and returns the factory unchanged.
