@@ -7,8 +7,9 @@ Usage::
 
 Random inputs of CIFAR's shape (the step's cost does not depend on pixel values). The persistent
 compilation cache is off here so that ``compile_s`` is the cold compile time; ``--cache DIR`` turns
-it on to measure a warm start. Set ``XLA_FLAGS`` in the environment to compare compiler options,
-``DNAS_DEPTHWISE=conv|shift`` to compare the depthwise convolution's two forms.
+it on to measure a warm start. Set ``XLA_FLAGS`` in the environment to compare compiler options
+(``--ynn-fusions on|off`` for XLA's YNNPACK fusions), ``DNAS_DEPTHWISE=conv|shift`` to compare
+the depthwise convolution's two forms.
 """
 
 import argparse
@@ -39,6 +40,8 @@ def main():
   p.add_argument("--cache", default="")
   p.add_argument("--cpu-preset", default="fast_compile",
                  help="XLA's CPU optimisation preset: fast_compile, default or fast_runtime")
+  p.add_argument("--ynn-fusions", choices=["on", "off"], default="off",
+                 help="XLA CPU YNNPACK fusions (dnas.compiler; the search default: off)")
   p.add_argument("--label", default="")
   p.add_argument("--unroll-nodes", action="store_true",
                  help="one op group per source node instead of the scan over node-to-node edges")
@@ -66,7 +69,9 @@ def main():
   batch = {"image": images, "label": jnp.arange(a.batch) % 10}
 
   init = lambda k: search.init_search_state(model, strategy, weight_tx, arch_tx, k, images[:2])
-  step = search.make_search_step(model, strategy, weight_tx, arch_tx, cpu_preset=a.cpu_preset)
+  ynn = a.ynn_fusions == "on"
+  step = search.make_search_step(model, strategy, weight_tx, arch_tx, cpu_preset=a.cpu_preset,
+                                 ynn_fusions=ynn)
   if a.trace_only:
     state = jax.eval_shape(init, key)
     t = time.perf_counter()
@@ -83,7 +88,7 @@ def main():
     return
 
   t = time.perf_counter()
-  state = compiler.jit(init, cpu_preset=a.cpu_preset)(key)
+  state = compiler.jit(init, cpu_preset=a.cpu_preset, ynn_fusions=ynn)(key)
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t
 
@@ -99,7 +104,7 @@ def main():
       "batch": a.batch, "order": a.order, "scan_nodes": not a.unroll_nodes,
       "scan_inputs": a.scan_inputs,
       "depthwise": layers._depthwise_impl(),  # pylint: disable=protected-access
-      "compiler_options": compiler.options(a.cpu_preset),
+      "compiler_options": compiler.options(a.cpu_preset, ynn),
       "init_s": round(init_s, 2), "trace_s": round(trace_s, 2), **r,
       "images_per_s": (round(2 * a.batch / (r["step_ms_median"] / 1e3), 1)
                        if r["step_ms_median"] else None)}), flush=True)

@@ -34,11 +34,14 @@ def main():
   p.add_argument("--dtypes", default="float32,bfloat16")
   p.add_argument("--cpu-preset", default="fast_compile",
                  help="XLA's CPU optimisation preset: fast_compile, default or fast_runtime")
+  p.add_argument("--ynn-fusions", choices=["on", "off"], default="on",
+                 help="XLA CPU YNNPACK fusions (dnas.compiler; the retraining default: on)")
   p.add_argument("--label", default="")
   a = p.parse_args()
 
   c = train_lib.load_config(os.path.join(ROOT, "experiments", "train_cifar10.py"))
   c.model.channels, c.model.layers, c.data.batch_size = a.channels, a.layers, a.batch
+  c.xla_cpu_ynn_fusions = a.ynn_fusions == "on"
   for row in bench.bench_train(c, published.get(a.genotype), a.steps, 10, (32, 32, 3),
                                a.dtypes.split(","), cpu_preset=a.cpu_preset):
     print(json.dumps({**row, "label": a.label, "genotype": a.genotype}), flush=True)

@@ -116,6 +116,7 @@ def bench_search(config, steps: int, num_classes: int, image_shape,
   c = config
   train_lib.validate_search_config(c)
   cpu_preset = cpu_preset or c.xla_cpu_preset
+  ynn = c.get("xla_cpu_ynn_fusions", False)
   model = train_lib.build_search_model(c, num_classes)
   weight_tx, schedule = train_lib.search_weight_optimizer(c, 10_000)
   arch_tx = search.darts_arch_optimizer(c.search.arch_learning_rate,
@@ -125,8 +126,9 @@ def bench_search(config, steps: int, num_classes: int, image_shape,
   batch = _random_batch(key, c.data.batch_size, image_shape, num_classes)
   state = compiler.jit(lambda k: search.init_search_state(model, strategy, weight_tx, arch_tx, k,
                                                           batch["image"][:2]),
-                       cpu_preset=cpu_preset)(key)
-  step = search.make_search_step(model, strategy, weight_tx, arch_tx, cpu_preset=cpu_preset)
+                       cpu_preset=cpu_preset, ynn_fusions=ynn)(key)
+  step = search.make_search_step(model, strategy, weight_tx, arch_tx, cpu_preset=cpu_preset,
+                                 ynn_fusions=ynn)
   r = time_step(step, (state, batch, batch), steps, lambda out, a: (out[0],) + tuple(a[1:]))
   # A search step trains on one batch and updates alpha on another.
   r["images_per_s"] = (round(2 * c.data.batch_size / (r["step_ms_median"] / 1e3), 1)
@@ -135,7 +137,7 @@ def bench_search(config, steps: int, num_classes: int, image_shape,
           "channels": c.model.channels, "layers": c.model.layers, "nodes": c.model.nodes,
           "batch": c.data.batch_size, "order": c.search.order,
           "depthwise": layers._depthwise_impl(),  # pylint: disable=protected-access
-          "compiler_options": compiler.options(cpu_preset), **r}
+          "compiler_options": compiler.options(cpu_preset, ynn), **r}
 
 
 def bench_train(config, genotype, steps: int, num_classes: int, image_shape,
@@ -149,6 +151,7 @@ def bench_train(config, genotype, steps: int, num_classes: int, image_shape,
   c = config
   train_lib.validate_train_config(c, genotype)
   cpu_preset = cpu_preset or c.xla_cpu_preset
+  ynn = c.get("xla_cpu_ynn_fusions", True)
   model = train_lib.build_train_model(c, genotype, num_classes)
   tx, _ = train_lib.train_optimizer(c, 10_000, 100)
   key = jax.random.key(c.seed)
@@ -159,7 +162,7 @@ def bench_train(config, genotype, steps: int, num_classes: int, image_shape,
     state = retrain.init_train_state(model, tx, key, batch["image"][:2], cpu_preset=cpu_preset)
     step = retrain.make_train_step(model, tx, aux_weight=c.train.aux_weight,
                                    label_smoothing=c.train.label_smoothing, compute_dtype=dtype,
-                                   cpu_preset=cpu_preset)
+                                   cpu_preset=cpu_preset, ynn_fusions=ynn)
     dpp = jnp.float32(c.train.drop_path_prob)
     r = time_step(step, (state, batch, dpp), steps, lambda out, a: (out[0],) + tuple(a[1:]))
     r["images_per_s"] = (round(c.data.batch_size / (r["step_ms_median"] / 1e3), 1)
@@ -167,6 +170,6 @@ def bench_train(config, genotype, steps: int, num_classes: int, image_shape,
     rows.append({"benchmark": "train", **device_info(), "space": c.model.space,
                  "channels": c.model.channels, "layers": c.model.layers,
                  "batch": c.data.batch_size, "dtype": jnp.dtype(dtype).name,
-                 "compiler_options": compiler.options(cpu_preset),
+                 "compiler_options": compiler.options(cpu_preset, ynn),
                  "n_params": int(sum(x.size for x in jax.tree.leaves(state.params))), **r})
   return rows

@@ -8,6 +8,13 @@ NAS-Bench-201 step ran 14 % slower with it (``benchmarks/RESULTS.md``). So dnas 
 search config keeps XLA's default). Other backends get no options. The preset is passed per compilation
 (``jax.jit(..., compiler_options=...)``), so nothing global changes and it is part of the
 persistent compilation cache's key.
+
+XLA's CPU backend also hands dots and convolutions to YNNPACK as "library fusions". A search step
+is thousands of small kernels; a cached executable with YNNPACK fusions takes XLA 19 s to load
+at C=8, 5 cells (its loader scans the module for every fusion), 6 s without them, and the search
+steps ran no slower without them (the NB201 search step faster). Retraining's dense convolutions
+ran faster with them. So the search steps turn them off (``ynn_fusions=False``; config key
+``xla_cpu_ynn_fusions``) and retraining keeps XLA's default (``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations
@@ -24,38 +31,47 @@ CPU_PRESETS = {
     "fast_runtime": "CPU_OPT_PRESET_FAST_RUNTIME",
 }
 DEFAULT_CPU_PRESET = "fast_compile"
+YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"  # "": no YNNPACK library fusions
 
 
 @functools.lru_cache(maxsize=None)
-def _supported(value: str) -> bool:
-  """Whether this jaxlib's CPU compiler knows the preset (older ones lack the option)."""
+def _supported(value: str, option: str = "xla_cpu_opt_preset") -> bool:
+  """Whether this jaxlib's CPU compiler knows the option and value (older ones lack some)."""
   try:
-    jax.jit(lambda x: x + 1, compiler_options={"xla_cpu_opt_preset": value}).lower(
-        np.float32(0)).compile()
+    jax.jit(lambda x: x + 1, compiler_options={option: value}).lower(np.float32(0)).compile()
     return True
   except Exception:  # pylint: disable=broad-except
     return False
 
 
-def options(cpu_preset: Optional[str] = None) -> Optional[Dict[str, str]]:
+def options(cpu_preset: Optional[str] = None,
+            ynn_fusions: bool = True) -> Optional[Dict[str, str]]:
   """``compiler_options`` for ``jax.jit``: XLA's CPU preset on the CPU, else ``None``.
 
   Args:
     cpu_preset: ``fast_compile`` (the default), ``default`` (XLA's own default) or
       ``fast_runtime``.
+    ynn_fusions: let XLA's CPU backend fuse dots and convolutions into YNNPACK calls (XLA's
+      default); ``False`` turns them off.
 
   Returns:
-    ``{"xla_cpu_opt_preset": ...}`` when the default backend is the CPU and its compiler
-    supports the option; ``None`` otherwise (XLA's defaults).
+    ``{"xla_cpu_opt_preset": ...}`` (and ``"xla_cpu_experimental_ynn_fusion_type": ""`` without
+    YNNPACK fusions) when the default backend is the CPU, for the options its compiler supports;
+    ``None`` otherwise (XLA's defaults).
   """
   preset = cpu_preset or DEFAULT_CPU_PRESET
   if preset not in CPU_PRESETS:
     raise ValueError(f"cpu_preset {preset!r} is not one of {sorted(CPU_PRESETS)}")
-  if jax.default_backend() != "cpu" or not _supported(CPU_PRESETS[preset]):
+  if jax.default_backend() != "cpu":
     return None
-  return {"xla_cpu_opt_preset": CPU_PRESETS[preset]}
+  result = {}
+  if _supported(CPU_PRESETS[preset]):
+    result["xla_cpu_opt_preset"] = CPU_PRESETS[preset]
+  if not ynn_fusions and _supported("", YNN_OPTION):
+    result[YNN_OPTION] = ""
+  return result or None
 
 
-def jit(fun, *, cpu_preset: Optional[str] = None, **kwargs):
-  """``jax.jit(fun, **kwargs)`` with ``options(cpu_preset)`` as its compiler options."""
-  return jax.jit(fun, compiler_options=options(cpu_preset), **kwargs)
+def jit(fun, *, cpu_preset: Optional[str] = None, ynn_fusions: bool = True, **kwargs):
+  """``jax.jit(fun, **kwargs)`` with ``options(cpu_preset, ynn_fusions)`` as compiler options."""
+  return jax.jit(fun, compiler_options=options(cpu_preset, ynn_fusions), **kwargs)

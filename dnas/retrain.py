@@ -105,7 +105,7 @@ def _cast(tree: Any, dtype) -> Any:
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
                     aux_weight: float = 0.4, label_smoothing: float = 0.0,
                     compute_dtype: Any = jnp.float32, donate: bool = True,
-                    cpu_preset: Optional[str] = None
+                    cpu_preset: Optional[str] = None, ynn_fusions: bool = True
                     ) -> Callable[[TrainState, Batch, Any], Tuple[TrainState, Metrics]]:
   """Returns the jitted retraining step.
 
@@ -126,6 +126,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
     donate: donate the incoming state's buffers (the caller must not reuse it).
     cpu_preset: XLA's CPU optimisation preset (``dnas.compiler.options``; default
       ``fast_compile``).
+    ynn_fusions: let XLA's CPU backend use YNNPACK fusions (``dnas.compiler``; its default: the
+      retraining step's dense convolutions ran faster with them).
 
   Returns:
     ``train_step(state, batch, drop_path_prob) -> (state, metrics)``, compiled once: a changing
@@ -157,7 +159,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
     }
     return TrainState(state.step + 1, params, batch_stats, opt_state, state.key), metrics
 
-  jitted = compiler.jit(train_step, cpu_preset=cpu_preset,
+  jitted = compiler.jit(train_step, cpu_preset=cpu_preset, ynn_fusions=ynn_fusions,
                         donate_argnums=(0,) if donate else ())
 
   def train_step_fn(state: TrainState, batch: Batch, drop_path_prob) -> Tuple[TrainState, Metrics]:

@@ -82,7 +82,7 @@ class CheckpointError(RuntimeError):
 RESUMABLE_KEYS = frozenset({
     "data.path", "data.data_dir", "data.cache_dir", "data.workers", "data.eval_batch_size",
     "log_every_steps", "checkpoint_every_steps", "eval_every_epochs", "max_bad_steps",
-    "compilation_cache_dir", "xla_cpu_preset"})
+    "compilation_cache_dir", "xla_cpu_preset", "xla_cpu_ynn_fusions"})
 
 
 @jax.jit
@@ -152,6 +152,8 @@ def _validate_common(c: ml_collections.ConfigDict) -> None:
   _int(c, "checkpoint_every_steps", 1)
   _type(c, "compilation_cache_dir", str, "a string (empty: default, 'none': off)")
   _choice(c, "xla_cpu_preset", sorted(compiler.CPU_PRESETS))
+  if "xla_cpu_ynn_fusions" in c:
+    _type(c, "xla_cpu_ynn_fusions", bool, "True or False")
 
 
 def _tfds_name(c: ml_collections.ConfigDict, valid, what: str) -> None:
@@ -487,12 +489,13 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
 
   t0 = time.time()
   preset = c.xla_cpu_preset
+  ynn = c.get("xla_cpu_ynn_fusions", False)
   init = functools.partial(search.init_search_state, model, strategy, weight_tx, arch_tx,
                            init_key, jnp.zeros((2,) + images.shape[1:]))
   ckpt = os.path.join(workdir, "checkpoint.msgpack")
   history: Dict[str, list]
   if not os.path.exists(ckpt):
-    state = compiler.jit(init, cpu_preset=preset)()
+    state = compiler.jit(init, cpu_preset=preset, ynn_fusions=ynn)()
     history = {k: [] for k in state.arch}
   else:  # the checkpoint holds every array: only the state's shapes are needed, not its values
     state, history = _load_checkpoint(ckpt, jax.eval_shape(init))
@@ -504,7 +507,8 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
       data_lib.get_batch, batch_size=bs, mean=ds.mean, std=ds.std,
       crop_padding=c.data.crop_padding, flip=c.data.flip,
       sharding=data_lib.batch_sharding(bs)))
-  step_fn = search.make_search_step(model, strategy, weight_tx, arch_tx, cpu_preset=preset)
+  step_fn = search.make_search_step(model, strategy, weight_tx, arch_tx, cpu_preset=preset,
+                                    ynn_fusions=ynn)
   mix = jax.jit(lambda a: strategy.mix(a, (), None))
 
   metrics_path = os.path.join(workdir, "metrics.jsonl")
@@ -839,7 +843,8 @@ def run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
   init_s = time.time() - t0
   train_step = retrain.make_train_step(model, tx, aux_weight=c.train.aux_weight,
                                        label_smoothing=c.train.label_smoothing,
-                                       compute_dtype=dtype, cpu_preset=c.xla_cpu_preset)
+                                       compute_dtype=dtype, cpu_preset=c.xla_cpu_preset,
+                                       ynn_fusions=c.get("xla_cpu_ynn_fusions", True))
   eval_step = retrain.make_eval_step(model, compute_dtype=dtype, cpu_preset=c.xla_cpu_preset)
 
   def evaluate():

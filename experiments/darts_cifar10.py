@@ -65,6 +65,7 @@ def get_config(variant: str = "first_order") -> ml_collections.ConfigDict:
   c.max_bad_steps = 10
   c.compilation_cache_dir = ""  # empty: ~/.cache/dnas/jax; "none": off
   c.xla_cpu_preset = "fast_compile"  # XLA CPU preset: fast_compile, default, fast_runtime
+  c.xla_cpu_ynn_fusions = False  # XLA CPU YNNPACK fusions: off, its cache loads 3x faster
 
   if variant == "first_order":
     pass

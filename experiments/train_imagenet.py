@@ -88,6 +88,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 1000
   c.compilation_cache_dir = ""
   c.xla_cpu_preset = "fast_compile"  # XLA CPU preset: fast_compile, default, fast_runtime
+  c.xla_cpu_ynn_fusions = True  # XLA CPU YNNPACK fusions: dense convs run faster
 
   if variant == "default":
     pass

@@ -1,4 +1,4 @@
-"""XLA's CPU optimisation presets: reach the compiler, and leave the step's results as they are."""
+"""XLA's CPU options (presets, YNNPACK fusions): reach the compiler, and leave results as they are."""
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +22,9 @@ def test_options_name_the_preset_on_the_cpu():
   assert compiler.options() == {"xla_cpu_opt_preset": "CPU_OPT_PRESET_FAST_COMPILE"}
   assert compiler.options("default") == {"xla_cpu_opt_preset": "CPU_OPT_PRESET_DEFAULT"}
   assert compiler.options("fast_runtime") == {"xla_cpu_opt_preset": "CPU_OPT_PRESET_FAST_RUNTIME"}
+  assert compiler._supported("", compiler.YNN_OPTION)  # pylint: disable=protected-access
+  assert compiler.options("default", ynn_fusions=False) == {
+      "xla_cpu_opt_preset": "CPU_OPT_PRESET_DEFAULT", "xla_cpu_experimental_ynn_fusion_type": ""}
 
 
 def test_unknown_preset_lists_the_valid_ones():
@@ -30,7 +33,8 @@ def test_unknown_preset_lists_the_valid_ones():
 
 
 def test_presets_give_the_same_search_step():
-  """One search step compiled under XLA's default and the fast-compile preset: same state."""
+  """One search step compiled under XLA's default, the fast-compile preset, and the latter
+  without YNNPACK fusions (the search default): same state."""
   model = DartsSearchNet(num_classes=3, channels=4, layers=2, nodes=2, multiplier=2,
                          op_set=OPS)
   strategy = darts(order=1)
@@ -42,20 +46,25 @@ def test_presets_give_the_same_search_step():
   init = jax.jit(lambda k: search.init_search_state(model, strategy, weight_tx, arch_tx, k,
                                                    bt["image"]))
   results, texts = [], []
-  for preset in ("default", "fast_compile"):
+  for preset, ynn in (("default", True), ("fast_compile", True), ("fast_compile", False)):
     state = init(jax.random.key(0))
     alpha0 = jax.device_get(state.arch)
-    step = search.make_search_step(model, strategy, weight_tx, arch_tx, cpu_preset=preset)
+    step = search.make_search_step(model, strategy, weight_tx, arch_tx, cpu_preset=preset,
+                                   ynn_fusions=ynn)
     compiled = step.lower(state, bt, bv).compile()
     texts.append(compiled.as_text())
     for _ in range(2):
       state, metrics = compiled(state, bt, bv)
     results.append(jax.device_get((state.params, state.arch, state.batch_stats, metrics)))
-  # The preset reached the compiler: the two executables differ.
+  # The options reached the compiler: the preset changes the executable, and YNNPACK fusions
+  # are in it only when asked for.
   assert texts[0] != texts[1]
-  a, b = (jax.tree.leaves(r) for r in results)
-  assert len(a) == len(b) > 10
-  for x, y in zip(a, b):
-    np.testing.assert_allclose(x, y, rtol=2e-5, atol=2e-6)
+  assert ["__ynn_fusion" in t for t in texts] == [True, True, False]
+  a, *others = (jax.tree.leaves(r) for r in results)
+  assert len(a) > 10
+  for b in others:
+    assert len(b) == len(a)
+    for x, y in zip(a, b):
+      np.testing.assert_allclose(x, y, rtol=2e-5, atol=2e-6)
   # Both passes ran: alpha and the weights moved.
   assert not np.allclose(results[1][1]["normal"], alpha0["normal"], rtol=0, atol=1e-6)

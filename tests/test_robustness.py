@@ -546,6 +546,7 @@ COMMON_BAD = {
     "checkpoint_every_steps": positive_int,
     "compilation_cache_dir": st.none() | st.integers() | st.lists(st.text(), max_size=1),
     "xla_cpu_preset": choice(),
+    "xla_cpu_ynn_fusions": flag,
 }
 SEARCH_BAD = dict(COMMON_BAD, **{
     "data.train_portion": reals(0.0, 1.0, -0.5, 1.5),
