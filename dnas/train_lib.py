@@ -44,8 +44,8 @@ import optax
 from flax import serialization, traverse_util
 
 from dnas import data as data_lib
-from dnas import compiler, discretize, genotypes, io, plot, search
-from dnas.ops import sets
+from dnas import aot, compiler, discretize, genotypes, io, plot, search
+from dnas.ops import registry, sets
 from dnas.spaces import DartsSearchNet, NB201SearchNet
 from dnas.strategies import darts
 
@@ -194,8 +194,22 @@ def validate_search_config(c: ml_collections.ConfigDict) -> None:
   _int(c, "max_bad_steps", 1)
 
 
+def _trace_key(c: ml_collections.ConfigDict, **extra) -> str:
+  """What a step's trace depends on in ``c`` (all but ``RESUMABLE_KEYS``) and ``extra``."""
+  flat = traverse_util.flatten_dict(c.to_dict(), sep=".")
+  kept = {k: v for k, v in flat.items() if k not in RESUMABLE_KEYS}
+  return json.dumps({**kept, **extra}, sort_keys=True, default=repr)
+
+
+def _builtin_ops(op_set) -> bool:
+  """Whether every op of ``op_set`` is built by ``dnas``'s own code (its source is in the key
+  of a saved trace; a user's op is not, so a changed op would not be noticed)."""
+  return all(getattr(registry.get(name), "__module__", "").startswith("dnas.")
+             for name in op_set.ops)
+
+
 def enable_compilation_cache(path: str) -> Optional[str]:
-  """Turns on JAX's persistent compilation cache (``"none"`` turns it off)."""
+  """Turns on JAX's persistent compilation cache (``"none"`` turns it off); returns its folder."""
   if path == "none":
     return None
   path = path or os.path.join(os.path.expanduser("~"), ".cache", "dnas", "jax")
@@ -461,7 +475,7 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
   validate_search_config(c)
   os.makedirs(workdir, exist_ok=True)
   _check_resume(workdir, c)
-  enable_compilation_cache(c.compilation_cache_dir)
+  cache_dir = enable_compilation_cache(c.compilation_cache_dir)
   io.atomic_write_text(os.path.join(workdir, "config.json"), c.to_json_best_effort(indent=2))
 
   ds = data_lib.load(c.data.name, path=c.data.path or None, data_dir=c.data.data_dir or None,
@@ -490,12 +504,17 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
   t0 = time.time()
   preset = c.xla_cpu_preset
   ynn = c.get("xla_cpu_ynn_fusions", False)
+  # Saved traces (dnas.aot) live next to XLA's cache, keyed on the config and the step count.
+  traces = cache_dir if _builtin_ops(op_set) else None
+  trace_key = _trace_key(c, total=total, num_classes=ds.num_classes)
   init = functools.partial(search.init_search_state, model, strategy, weight_tx, arch_tx,
                            init_key, jnp.zeros((2,) + images.shape[1:]))
   ckpt = os.path.join(workdir, "checkpoint.msgpack")
   history: Dict[str, list]
   if not os.path.exists(ckpt):
-    state = compiler.jit(init, cpu_preset=preset, ynn_fusions=ynn)()
+    init_fn, _ = aot.compile_step(init, (), cache_dir=traces, key="search_init\n" + trace_key,
+                                  cpu_preset=preset, ynn_fusions=ynn)
+    state = init_fn()
     history = {k: [] for k in state.arch}
   else:  # the checkpoint holds every array: only the state's shapes are needed, not its values
     state, history = _load_checkpoint(ckpt, jax.eval_shape(init))
@@ -507,8 +526,7 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
       data_lib.get_batch, batch_size=bs, mean=ds.mean, std=ds.std,
       crop_padding=c.data.crop_padding, flip=c.data.flip,
       sharding=data_lib.batch_sharding(bs)))
-  step_fn = search.make_search_step(model, strategy, weight_tx, arch_tx, cpu_preset=preset,
-                                    ynn_fusions=ynn)
+  step_fn = search.make_search_step(model, strategy, weight_tx, arch_tx, jit=False)
   mix = jax.jit(lambda a: strategy.mix(a, (), None))
 
   metrics_path = os.path.join(workdir, "metrics.jsonl")
@@ -526,10 +544,13 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
       bv = batch_fn(val, val_key, step)
       if compile_s is None:
         tc = time.time()
-        step_fn = step_fn.lower(state, bt, bv).compile()
+        step_fn, traced = aot.compile_step(step_fn, (state, bt, bv), cache_dir=traces,
+                                           key="search_step\n" + trace_key, cpu_preset=preset,
+                                           ynn_fusions=ynn, donate_argnums=(0,))
         compile_s = time.time() - tc
-        print(f"init {init_s:.1f}s, compile {compile_s:.1f}s, {total} steps "
-              f"({spe} per epoch)", flush=True)
+        print(f"init {init_s:.1f}s, compile {compile_s:.1f}s"
+              f"{'' if traced else ' (saved trace)'}, {total} steps ({spe} per epoch)",
+              flush=True)
         t_log = time.time()
       state, m = step_fn(state, bt, bv)
       step += 1

@@ -1,0 +1,135 @@
+"""Saved traces (dnas.aot): the step they give equals the traced one, and stale ones are not used."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dnas import aot, compiler, search, train_lib
+from dnas.ops import registry
+from dnas.ops.sets import DARTS, OpSet
+from dnas.spaces import DartsSearchNet
+from dnas.strategies import darts
+
+OPS = OpSet("tiny", ("none", "avg_pool_3x3", "skip_connect", "sep_conv_3x3"),
+            bn_after=("avg_pool_3x3",))
+
+
+def _problem():
+  model = DartsSearchNet(num_classes=3, channels=4, layers=2, nodes=2, multiplier=2, op_set=OPS)
+  strategy = darts(order=1)
+  weight_tx, _ = search.darts_weight_optimizer(total_steps=10)
+  arch_tx = search.darts_arch_optimizer()
+  k = jax.random.split(jax.random.key(0), 2)
+  bt = {"image": jax.random.normal(k[0], (4, 8, 8, 3)), "label": jnp.arange(4) % 3}
+  bv = {"image": jax.random.normal(k[1], (4, 8, 8, 3)), "label": jnp.arange(4)[::-1] % 3}
+  init = jax.jit(lambda: search.init_search_state(model, strategy, weight_tx, arch_tx,
+                                                  jax.random.key(1), bt["image"]))
+  step = search.make_search_step(model, strategy, weight_tx, arch_tx, jit=False)
+  return init, step, bt, bv
+
+
+def _toy():
+  """A small step over a state with a typed key: cheap to trace and compile."""
+  init = lambda: search.SearchState(jnp.zeros([], jnp.int32), {"w": jnp.ones((3, 3))}, {}, {},
+                                    (), (), (), jax.random.key(0))
+
+  def step(state, x, _):
+    key = jax.random.fold_in(state.key, state.step)
+    w = state.params["w"] * jnp.sum(x["image"]) + jax.random.normal(key, (3, 3))
+    return state._replace(step=state.step + 1, params={"w": w}), {"sum": jnp.sum(w)}
+
+  x = {"image": jnp.eye(3)}
+  return init, step, x, x
+
+
+def _run(step, state, bt, bv, n=2):
+  for _ in range(n):
+    state, metrics = step(state, bt, bv)
+  return jax.device_get((state.params, state.arch, state.batch_stats, state.weight_opt_state,
+                         state.step, metrics)), state
+
+
+def _counting(fun):
+  calls = []
+
+  def counted(*args):
+    calls.append(1)
+    return fun(*args)
+  return counted, calls
+
+
+def test_a_saved_trace_gives_the_traced_step_and_is_not_traced_again(tmp_path):
+  init, step, bt, bv = _problem()
+  reference, _ = _run(compiler.jit(step, donate_argnums=0), init(), bt, bv)
+
+  counted, calls = _counting(step)
+  state = init()
+  donated = jax.tree.leaves(state.params)[0]
+  first, traced = aot.compile_step(counted, (state, bt, bv), cache_dir=str(tmp_path), key="k",
+                                   donate_argnums=(0,))
+  assert traced and len(calls) == 1
+  assert len(os.listdir(tmp_path / "dnas_traces")) == 1
+  got, final = _run(first, state, bt, bv)
+  assert donated.is_deleted()  # the state's buffers were donated
+  assert jnp.issubdtype(final.key.dtype, jax.dtypes.prng_key)  # typed keys round-trip
+  assert len(jax.tree.leaves(got)) == len(jax.tree.leaves(reference)) > 10
+  for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(reference)):
+    np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+  assert not np.allclose(got[1]["normal"], jax.device_get(init().arch["normal"]))  # it trained
+
+  # Same key, same shapes: loaded, not traced; the same results bit for bit.
+  second, traced = aot.compile_step(counted, (init(), bt, bv), cache_dir=str(tmp_path), key="k",
+                                    donate_argnums=(0,))
+  assert not traced and len(calls) == 1
+  again, _ = _run(second, init(), bt, bv)
+  for x, y in zip(jax.tree.leaves(again), jax.tree.leaves(got)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_a_stale_saved_trace_is_not_used(tmp_path, monkeypatch):
+  init, step, bt, bv = _toy()
+  counted, calls = _counting(step)
+  compile_ = lambda key, *args: aot.compile_step(counted, args or (init(), bt, bv),
+                                                 cache_dir=str(tmp_path), key=key)[1]
+  assert compile_("k")
+  assert not compile_("k")
+  assert compile_("another config")                 # the caller's key
+  half = jax.tree.map(lambda x: x[:2, :2], bt)
+  assert compile_("k", init(), half, half)          # other shapes
+  monkeypatch.setattr(aot, "source_digest", lambda: "edited dnas source")
+  assert compile_("k")                              # dnas's code changed
+  monkeypatch.undo()
+  assert len(calls) == 4
+  assert not compile_("k") and not compile_("another config") and len(calls) == 4
+
+
+def test_a_broken_saved_trace_is_replaced(tmp_path, capsys):
+  init, step, bt, bv = _toy()
+  counted, calls = _counting(step)
+  compile_ = lambda key: aot.compile_step(counted, (init(), bt, bv), cache_dir=str(tmp_path),
+                                          key=key)[1]
+  assert compile_("k")
+  # A damaged file: a warning naming it, traced again, and the file replaced by a good one.
+  (path,) = (tmp_path / "dnas_traces").iterdir()
+  path.write_bytes(path.read_bytes()[:100])
+  assert compile_("k")
+  assert f"unreadable saved trace {path}" in capsys.readouterr().err
+  assert not compile_("k") and len(calls) == 2
+
+
+def test_no_cache_folder_means_no_saved_trace(tmp_path):
+  init, step, bt, bv = _toy()
+  counted, calls = _counting(step)
+  for _ in range(2):
+    _, traced = aot.compile_step(counted, (init(), bt, bv), cache_dir=None, key="k")
+    assert traced
+  assert len(calls) == 2 and not list(tmp_path.iterdir())
+
+
+def test_searches_with_a_users_op_do_not_use_saved_traces():
+  assert train_lib._builtin_ops(DARTS)  # pylint: disable=protected-access
+  with registry.temporary("my_op", lambda channels, stride: None):
+    users = OpSet("mine", ("none", "skip_connect", "my_op"), bn_after=())
+    assert not train_lib._builtin_ops(users)  # pylint: disable=protected-access
