@@ -9,8 +9,8 @@ same key deserializes it instead of tracing, and XLA's cache then finds its comp
 Being keyed, a saved trace is only as safe as its key. The key here covers the arguments'
 shapes, dtypes and shardings, the compiler options, donation, the jax/jaxlib/flax/optax versions,
 the JAX flags that change a trace, and every source file of the ``dnas`` package; the caller adds
-everything else the trace depends on (``train_lib`` adds the config and the number of steps, and
-does not use a saved trace when an op of the op set comes from outside ``dnas``).
+everything else the trace depends on (``train_lib`` adds the config, the genotype and the number
+of steps, and does not use a saved trace when an op comes from outside ``dnas``).
 """
 
 from __future__ import annotations

@@ -170,6 +170,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
   # Ahead-of-time compilation, as on a jitted function (benchmarks time compile and step apart).
   train_step_fn.lower = lambda state, batch, drop_path_prob: jitted.lower(
       state, batch, jnp.asarray(drop_path_prob, jnp.float32))
+  train_step_fn.fun = train_step  # not jitted (for dnas.aot; drop_path_prob a float32 scalar)
   return train_step_fn
 
 

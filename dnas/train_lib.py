@@ -201,11 +201,16 @@ def _trace_key(c: ml_collections.ConfigDict, **extra) -> str:
   return json.dumps({**kept, **extra}, sort_keys=True, default=repr)
 
 
-def _builtin_ops(op_set) -> bool:
-  """Whether every op of ``op_set`` is built by ``dnas``'s own code (its source is in the key
-  of a saved trace; a user's op is not, so a changed op would not be noticed)."""
-  return all(getattr(registry.get(name), "__module__", "").startswith("dnas.")
-             for name in op_set.ops)
+def _builtin_ops(names) -> bool:
+  """Whether every op named is built by ``dnas``'s own code (its source is in the key of a saved
+  trace; a user's op is not, so a changed op would not be noticed)."""
+  return all(getattr(registry.get(name), "__module__", "").startswith("dnas.") for name in names)
+
+
+def _genotype_ops(genotype) -> list:
+  if isinstance(genotype, genotypes.NB201Genotype):
+    return [op for node in genotype.nodes for op, _ in node]
+  return [op for op, _ in tuple(genotype.normal) + tuple(genotype.reduce)]
 
 
 def enable_compilation_cache(path: str) -> Optional[str]:
@@ -505,7 +510,7 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
   preset = c.xla_cpu_preset
   ynn = c.get("xla_cpu_ynn_fusions", False)
   # Saved traces (dnas.aot) live next to XLA's cache, keyed on the config and the step count.
-  traces = cache_dir if _builtin_ops(op_set) else None
+  traces = cache_dir if _builtin_ops(op_set.ops) else None
   trace_key = _trace_key(c, total=total, num_classes=ds.num_classes)
   init = functools.partial(search.init_search_state, model, strategy, weight_tx, arch_tx,
                            init_key, jnp.zeros((2,) + images.shape[1:]))
@@ -833,7 +838,7 @@ def run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
   validate_train_config(c, genotype)
   os.makedirs(workdir, exist_ok=True)
   _check_resume(workdir, c, genotype)
-  enable_compilation_cache(c.compilation_cache_dir)
+  cache_dir = enable_compilation_cache(c.compilation_cache_dir)
   io.atomic_write_text(os.path.join(workdir, "config.json"), c.to_json_best_effort(indent=2))
   genotypes.save(genotype, os.path.join(workdir, "genotype.json"))
 
@@ -852,11 +857,18 @@ def run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
   dtype = compute_dtype(c.train.compute_dtype)
   tx, schedule = train_optimizer(c, total, spe)
   t0 = time.time()
+  ynn = c.get("xla_cpu_ynn_fusions", True)
+  traces = cache_dir if _builtin_ops(_genotype_ops(genotype)) else None
+  trace_key = _trace_key(c, total=total, num_classes=feed.num_classes,
+                         genotype=genotype.to_json())
   init = functools.partial(retrain.init_train_state, model, tx, init_key,
                            jnp.zeros((2,) + feed.image_shape), cpu_preset=c.xla_cpu_preset)
   ckpt = os.path.join(workdir, "checkpoint.msgpack")
   if not os.path.exists(ckpt):
-    state = init()
+    init_fn, _ = aot.compile_step(functools.partial(init, jit=False), (), cache_dir=traces,
+                                  key="train_init\n" + trace_key, cpu_preset=c.xla_cpu_preset,
+                                  ynn_fusions=ynn)
+    state = init_fn()
   else:  # shapes only: the checkpoint holds every array
     state = _load_train_checkpoint(ckpt, jax.eval_shape(functools.partial(init, jit=False)))
     print(f"resuming {workdir} from step {int(state.step)}", flush=True)
@@ -865,7 +877,7 @@ def run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
   train_step = retrain.make_train_step(model, tx, aux_weight=c.train.aux_weight,
                                        label_smoothing=c.train.label_smoothing,
                                        compute_dtype=dtype, cpu_preset=c.xla_cpu_preset,
-                                       ynn_fusions=c.get("xla_cpu_ynn_fusions", True))
+                                       ynn_fusions=ynn)
   eval_step = retrain.make_eval_step(model, compute_dtype=dtype, cpu_preset=c.xla_cpu_preset)
 
   def evaluate():
@@ -881,12 +893,19 @@ def run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
   progress = _Progress()
   step = int(state.step)
   acc, acc_n, t_log, n_log, last = None, 0, time.time(), 0, {}
+  compiled = None
   with _Stopper() as stopper, open(metrics_path, "a") as mfile, \
       summary_writer(workdir, step) as tb:
     while step < total:
       epoch = step // spe
       dpp = c.train.drop_path_prob * epoch / c.train.epochs  # DARTS' linear schedule
-      state, m = train_step(state, feed.train_batch(step), dpp)
+      batch, dpp_array = feed.train_batch(step), jnp.float32(dpp)
+      if compiled is None:  # traced, or loaded from a saved trace (dnas.aot)
+        compiled, _ = aot.compile_step(train_step.fun, (state, batch, dpp_array),
+                                       cache_dir=traces, key="train_step\n" + trace_key,
+                                       cpu_preset=c.xla_cpu_preset, ynn_fusions=ynn,
+                                       donate_argnums=(0,))
+      state, m = compiled(state, batch, dpp_array)
       step += 1
       acc = m if acc is None else jax.tree.map(jnp.add, acc, m)
       acc_n += 1

@@ -1,17 +1,19 @@
 """Saved traces (dnas.aot): the step they give equals the traced one, and stale ones are not used."""
 
+import json
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dnas import aot, compiler, search, train_lib
+from dnas import aot, compiler, genotypes, published, search, train_lib
 from dnas.ops import registry
 from dnas.ops.sets import DARTS, OpSet
 from dnas.spaces import DartsSearchNet
 from dnas.strategies import darts
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPS = OpSet("tiny", ("none", "avg_pool_3x3", "skip_connect", "sep_conv_3x3"),
             bn_after=("avg_pool_3x3",))
 
@@ -128,8 +130,54 @@ def test_no_cache_folder_means_no_saved_trace(tmp_path):
   assert len(calls) == 2 and not list(tmp_path.iterdir())
 
 
-def test_searches_with_a_users_op_do_not_use_saved_traces():
-  assert train_lib._builtin_ops(DARTS)  # pylint: disable=protected-access
+def test_runs_with_a_users_op_do_not_use_saved_traces():
+  assert train_lib._builtin_ops(DARTS.ops)  # pylint: disable=protected-access
+  assert train_lib._builtin_ops(  # pylint: disable=protected-access
+      train_lib._genotype_ops(published.get("DARTS_V2")))  # pylint: disable=protected-access
   with registry.temporary("my_op", lambda channels, stride: None):
-    users = OpSet("mine", ("none", "skip_connect", "my_op"), bn_after=())
-    assert not train_lib._builtin_ops(users)  # pylint: disable=protected-access
+    assert not train_lib._builtin_ops(  # pylint: disable=protected-access
+        ("none", "skip_connect", "my_op"))
+    mine = genotypes.NB201Genotype.from_arch("|my_op~0|+|none~0|skip_connect~1|")
+    assert train_lib._genotype_ops(mine) == [  # pylint: disable=protected-access
+        "my_op", "none", "skip_connect"]
+    assert not train_lib._builtin_ops(  # pylint: disable=protected-access
+        train_lib._genotype_ops(mine))  # pylint: disable=protected-access
+
+
+def _config(name, archive, cache, **overrides):
+  c = train_lib.load_config(os.path.join(REPO, "experiments", name), "smoke")
+  c.update_from_flattened_dict({"data.path": archive, "compilation_cache_dir": str(cache),
+                                **overrides})
+  return c
+
+
+def test_a_second_search_and_retraining_use_their_saved_traces(tmp_path, cifar10_archive, capsys):
+  """End to end: the second run of a config loads its traces and ends where the first ended."""
+  cache = tmp_path / "jax"
+  search_config = _config("darts_cifar10.py", cifar10_archive, cache, **{
+      "data.train_size": 32, "data.batch_size": 8, "model.nodes": 1, "search.epochs": 1})
+  first = train_lib.run_search(search_config, str(tmp_path / "s1"))
+  assert "(saved trace)" not in capsys.readouterr().out
+  saved = sorted(os.listdir(cache / "dnas_traces"))
+  assert len(saved) == 2  # the initialiser and the step
+  second = train_lib.run_search(search_config, str(tmp_path / "s2"))
+  assert "(saved trace)" in capsys.readouterr().out
+  assert sorted(os.listdir(cache / "dnas_traces")) == saved
+  for k in first["op_weights"]:
+    np.testing.assert_array_equal(first["op_weights"][k], second["op_weights"][k])
+
+  genotype = genotypes.darts(normal=[("sep_conv_3x3", 0), ("skip_connect", 1)],
+                             reduce=[("max_pool_3x3", 0), ("dil_conv_3x3", 1)],
+                             normal_concat=(2,), reduce_concat=(2,))
+  train_config = _config("train_cifar10.py", cifar10_archive, cache, **{
+      "data.train_size": 32, "data.test_size": 16, "data.batch_size": 16,
+      "data.eval_batch_size": 16, "model.channels": 4, "model.layers": 3,
+      "model.auxiliary": False, "train.epochs": 1})
+  runs = [train_lib.run_train(train_config, genotype, str(tmp_path / w)) for w in ("t1", "t2")]
+  assert len(os.listdir(cache / "dnas_traces")) == len(saved) + 2  # saved once, loaded once
+  for run in runs:
+    run.pop("init_s")
+  assert runs[0] == runs[1] and runs[0]["step"] == 2 and runs[0]["test_acc"] is not None
+  lines = [(tmp_path / w / "metrics.jsonl").read_text().splitlines() for w in ("t1", "t2")]
+  strip = lambda line: {k: v for k, v in json.loads(line).items() if k != "images_per_s"}
+  assert [strip(x) for x in lines[0]] == [strip(x) for x in lines[1]] and len(lines[0]) >= 2
