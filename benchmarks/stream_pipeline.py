@@ -23,7 +23,6 @@ configuration with the sustained images/s.
 import argparse
 import json
 import os
-import statistics
 import sys
 import tarfile
 import time

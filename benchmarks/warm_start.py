@@ -15,7 +15,7 @@ persistent compilation cache, each stopping after its first step:
 Each prints one JSON line: ``until_first_step_s`` (process start to the end of the first step,
 imports and data loading included), and the loop's own ``init_s`` (state initialisation or
 checkpoint restore) and ``compile_s`` (tracing, lowering, and compiling or loading from the
-cache). The decoded-data cache is filled before the first process, so no process decodes images.
+cache), and ``saved_trace``: whether the step came from a saved trace (``dnas.aot``). The decoded-data cache is filled before the first process, so no process decodes images.
 The archive comes from ``--path``, else ``$DNAS_CIFAR10``, else
 ``../shared/data/cifar10-jpeg.tar.gz`` next to the repository.
 """
@@ -50,6 +50,7 @@ def main():
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--path", default=os.environ.get("DNAS_CIFAR10", DEFAULT_PATH))
   p.add_argument("--label", default="")
+  p.add_argument("--logs", default="", help="a folder for each run's stdout and stderr")
   a = p.parse_args()
   if not os.path.exists(a.path):
     sys.exit(f"--path: no CIFAR-10 archive at {a.path} (or set DNAS_CIFAR10)")
@@ -75,6 +76,10 @@ def main():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=False)
     wall = time.perf_counter() - t
+    if a.logs:
+      os.makedirs(a.logs, exist_ok=True)
+      with open(os.path.join(a.logs, f"{name}.log"), "w") as f:
+        f.write(out.stdout + out.stderr)
     if out.returncode:
       sys.exit(f"{name} run failed:\n{out.stderr[-3000:]}")
     m = re.search(r"init ([\d.]+)s, compile ([\d.]+)s", out.stdout)
@@ -83,7 +88,8 @@ def main():
         "channels": a.channels, "layers": a.layers, "nodes": a.nodes, "batch": a.batch,
         "until_first_step_s": round(wall, 1),
         "init_s": float(m.group(1)) if m else None,
-        "compile_s": float(m.group(2)) if m else None}), flush=True)
+        "compile_s": float(m.group(2)) if m else None,
+        "saved_trace": "(saved trace)" in out.stdout}), flush=True)
 
 
 if __name__ == "__main__":

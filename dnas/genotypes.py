@@ -18,7 +18,7 @@ NAS-Bench-201 space (Dong & Yang, 2020), in NAS-Bench-201's own arch-string form
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, NamedTuple, Sequence, Tuple, Union
+from typing import Any, Dict, NamedTuple, Sequence, Tuple, Union
 
 from dnas import io
 from dnas.ops import registry

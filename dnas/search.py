@@ -12,7 +12,7 @@ Everything that changes is in ``SearchState``; the step does no I/O and no host 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Dict, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import flax.linen as nn
 import jax

@@ -366,8 +366,8 @@ def _check_resume(workdir: str, c: ml_collections.ConfigDict, genotype=None) -> 
     if diff:
       raise ConfigError(
           f"{workdir} holds a checkpoint of a run with another config; resuming it would mix two "
-          f"runs. " + "; ".join(diff) + ". Resume with the run's values, or choose another "
-          f"--workdir (only " + ", ".join(sorted(RESUMABLE_KEYS)) + " may change on resume)")
+          "runs. " + "; ".join(diff) + ". Resume with the run's values, or choose another "
+          "--workdir (only " + ", ".join(sorted(RESUMABLE_KEYS)) + " may change on resume)")
   path = os.path.join(workdir, "genotype.json")
   if genotype is not None and os.path.exists(path):
     try:

@@ -30,3 +30,25 @@ def caches(tmp_path_factory):
   config reuse earlier compilations, as a user's second run does.
   """
   return tmp_path_factory.mktemp("caches")
+
+
+@pytest.fixture
+def tiny_search():
+  """A DARTS supernet small enough to compile in seconds, its optimizers and two batches.
+
+  Returns ``(model, strategy, weight_tx, arch_tx, batch_train, batch_val)``.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from dnas import search  # pylint: disable=g-import-not-at-top
+  from dnas.ops.sets import OpSet  # pylint: disable=g-import-not-at-top
+  from dnas.spaces import DartsSearchNet  # pylint: disable=g-import-not-at-top
+  from dnas.strategies import darts  # pylint: disable=g-import-not-at-top
+  ops = OpSet("tiny", ("none", "avg_pool_3x3", "skip_connect", "sep_conv_3x3"),
+              bn_after=("avg_pool_3x3",))
+  model = DartsSearchNet(num_classes=3, channels=4, layers=2, nodes=2, multiplier=2, op_set=ops)
+  k = jax.random.split(jax.random.key(0), 2)
+  bt = {"image": jax.random.normal(k[0], (4, 8, 8, 3)), "label": jnp.arange(4) % 3}
+  bv = {"image": jax.random.normal(k[1], (4, 8, 8, 3)), "label": jnp.arange(4)[::-1] % 3}
+  return (model, darts(order=1), search.darts_weight_optimizer(total_steps=10)[0],
+          search.darts_arch_optimizer(), bt, bv)

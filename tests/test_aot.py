@@ -9,23 +9,13 @@ import numpy as np
 
 from dnas import aot, compiler, genotypes, published, search, train_lib
 from dnas.ops import registry
-from dnas.ops.sets import DARTS, OpSet
-from dnas.spaces import DartsSearchNet
-from dnas.strategies import darts
+from dnas.ops.sets import DARTS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OPS = OpSet("tiny", ("none", "avg_pool_3x3", "skip_connect", "sep_conv_3x3"),
-            bn_after=("avg_pool_3x3",))
 
 
-def _problem():
-  model = DartsSearchNet(num_classes=3, channels=4, layers=2, nodes=2, multiplier=2, op_set=OPS)
-  strategy = darts(order=1)
-  weight_tx, _ = search.darts_weight_optimizer(total_steps=10)
-  arch_tx = search.darts_arch_optimizer()
-  k = jax.random.split(jax.random.key(0), 2)
-  bt = {"image": jax.random.normal(k[0], (4, 8, 8, 3)), "label": jnp.arange(4) % 3}
-  bv = {"image": jax.random.normal(k[1], (4, 8, 8, 3)), "label": jnp.arange(4)[::-1] % 3}
+def _problem(tiny_search):
+  model, strategy, weight_tx, arch_tx, bt, bv = tiny_search
   init = jax.jit(lambda: search.init_search_state(model, strategy, weight_tx, arch_tx,
                                                   jax.random.key(1), bt["image"]))
   step = search.make_search_step(model, strategy, weight_tx, arch_tx, jit=False)
@@ -62,8 +52,8 @@ def _counting(fun):
   return counted, calls
 
 
-def test_a_saved_trace_gives_the_traced_step_and_is_not_traced_again(tmp_path):
-  init, step, bt, bv = _problem()
+def test_a_saved_trace_gives_the_traced_step_and_is_not_traced_again(tmp_path, tiny_search):
+  init, step, bt, bv = _problem(tiny_search)
   reference, _ = _run(compiler.jit(step, donate_argnums=0), init(), bt, bv)
 
   counted, calls = _counting(step)

@@ -1,17 +1,10 @@
 """XLA's CPU options (presets, YNNPACK fusions): reach the compiler, and leave results as they are."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from dnas import compiler, search
-from dnas.ops.sets import OpSet
-from dnas.spaces import DartsSearchNet
-from dnas.strategies import darts
-
-OPS = OpSet("tiny", ("none", "avg_pool_3x3", "skip_connect", "sep_conv_3x3"),
-            bn_after=("avg_pool_3x3",))
 
 
 def test_options_name_the_preset_on_the_cpu():
@@ -32,17 +25,10 @@ def test_unknown_preset_lists_the_valid_ones():
     compiler.options("fastest")
 
 
-def test_presets_give_the_same_search_step():
+def test_presets_give_the_same_search_step(tiny_search):
   """One search step compiled under XLA's default, the fast-compile preset, and the latter
   without YNNPACK fusions (the search default): same state."""
-  model = DartsSearchNet(num_classes=3, channels=4, layers=2, nodes=2, multiplier=2,
-                         op_set=OPS)
-  strategy = darts(order=1)
-  weight_tx, _ = search.darts_weight_optimizer(total_steps=10)
-  arch_tx = search.darts_arch_optimizer()
-  k = jax.random.split(jax.random.key(0), 2)
-  bt = {"image": jax.random.normal(k[0], (4, 8, 8, 3)), "label": jnp.arange(4) % 3}
-  bv = {"image": jax.random.normal(k[1], (4, 8, 8, 3)), "label": jnp.arange(4)[::-1] % 3}
+  model, strategy, weight_tx, arch_tx, bt, bv = tiny_search
   init = jax.jit(lambda k: search.init_search_state(model, strategy, weight_tx, arch_tx, k,
                                                    bt["image"]))
   results, texts = [], []

@@ -1,7 +1,5 @@
 """The bilevel search step: hypergradients against references, compile-once, learning."""
 
-import functools
-
 import chex
 import flax.linen as nn
 import jax

@@ -24,7 +24,6 @@ from __future__ import annotations
 from typing import Callable, Union
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from dnas.strategies.base import BilevelProblem, Strategy
