@@ -42,6 +42,11 @@ class DartsGenotype(NamedTuple):
   def nodes(self) -> int:
     return len(self.normal) // 2
 
+  @property
+  def ops(self) -> Tuple[str, ...]:
+    """The op of every edge, normal cell then reduction cell."""
+    return tuple(op for op, _ in tuple(self.normal) + tuple(self.reduce))
+
   def to_json(self) -> Dict[str, Any]:
     return {"space": "darts",
             "normal": [[op, s] for op, s in self.normal],
@@ -55,6 +60,11 @@ class NB201Genotype(NamedTuple):
   nodes: Tuple[Tuple[Edge, ...], ...]
 
   space = "nb201"
+
+  @property
+  def ops(self) -> Tuple[str, ...]:
+    """The op of every edge, node by node."""
+    return tuple(op for node in self.nodes for op, _ in node)
 
   @property
   def arch(self) -> str:

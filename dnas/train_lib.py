@@ -207,12 +207,6 @@ def _builtin_ops(names) -> bool:
   return all(getattr(registry.get(name), "__module__", "").startswith("dnas.") for name in names)
 
 
-def _genotype_ops(genotype) -> list:
-  if isinstance(genotype, genotypes.NB201Genotype):
-    return [op for node in genotype.nodes for op, _ in node]
-  return [op for op, _ in tuple(genotype.normal) + tuple(genotype.reduce)]
-
-
 def enable_compilation_cache(path: str) -> Optional[str]:
   """Turns on JAX's persistent compilation cache (``"none"`` turns it off); returns its folder."""
   if path == "none":
@@ -858,7 +852,7 @@ def run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
   tx, schedule = train_optimizer(c, total, spe)
   t0 = time.time()
   ynn = c.get("xla_cpu_ynn_fusions", True)
-  traces = cache_dir if _builtin_ops(_genotype_ops(genotype)) else None
+  traces = cache_dir if _builtin_ops(genotype.ops) else None
   trace_key = _trace_key(c, total=total, num_classes=feed.num_classes,
                          genotype=genotype.to_json())
   init = functools.partial(retrain.init_train_state, model, tx, init_key,
