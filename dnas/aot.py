@@ -81,7 +81,7 @@ def compile_step(fun: Callable, args: Sequence[Any], *, cache_dir: Optional[str]
     fun: the step, not jitted (pure; pytrees in and out).
     args: example arguments (arrays); the compiled step takes arguments of their shapes, dtypes,
       shardings and tree structures only.
-    cache_dir: folder of saved traces; ``None``: trace and compile without saving.
+    cache_dir: folder of saved traces; ``None``: plain ``jax.jit`` (traced, nothing saved).
     key: what else the trace depends on (the caller's config, ...); see the module docstring.
     cpu_preset, ynn_fusions: XLA's CPU options (``dnas.compiler.options``).
     donate_argnums: arguments whose buffers the step may reuse.
@@ -91,6 +91,13 @@ def compile_step(fun: Callable, args: Sequence[Any], *, cache_dir: Optional[str]
     ``traced`` is whether ``fun`` was traced (False: it came from a saved trace).
   """
   options = compiler.options(cpu_preset, ynn_fusions)
+
+  def plain():
+    return jax.jit(fun, compiler_options=options, donate_argnums=donate_argnums).lower(
+        *args).compile(), True
+
+  if cache_dir is None:  # nothing to save: no export (it costs a first run 3-12 s)
+    return plain()
   leaves, in_tree = jax.tree.flatten(tuple(args))
   in_keys = [str(jax.random.key_impl(x)) if _is_key(x) else None for x in leaves]
   specs = [_spec(x) for x in leaves]
@@ -108,13 +115,11 @@ def compile_step(fun: Callable, args: Sequence[Any], *, cache_dir: Optional[str]
     out["keys"] = [str(jax.random.key_impl(y)) if _is_key(y) else None for y in ys]
     return [jax.random.key_data(y) if _is_key(y) else y for y in ys]
 
-  exported, path = None, None
-  if cache_dir is not None:
-    digest = hashlib.sha256("\n".join([
-        f"format={FORMAT}", key, source_digest(), _versions(), repr(options), repr(donated),
-        repr(in_tree), repr(in_keys), repr(specs)]).encode()).hexdigest()
-    path = os.path.join(cache_dir, "dnas_traces", digest)
-    exported = _load(path, out)
+  digest = hashlib.sha256("\n".join([
+      f"format={FORMAT}", key, source_digest(), _versions(), repr(options), repr(donated),
+      repr(in_tree), repr(in_keys), repr(specs)]).encode()).hexdigest()
+  path = os.path.join(cache_dir, "dnas_traces", digest)
+  exported = _load(path, out)
   traced = exported is None
   if traced:
     try:
@@ -123,10 +128,8 @@ def compile_step(fun: Callable, args: Sequence[Any], *, cache_dir: Optional[str]
       # What jax.export refuses (e.g. a custom call it cannot vouch for) still runs under jit.
       print(f"warning: the step cannot be saved ({type(e).__name__}: {e}); compiling it "
             f"without a saved trace", file=sys.stderr)
-      return jax.jit(fun, compiler_options=options, donate_argnums=donate_argnums).lower(
-          *args).compile(), True
-    if path is not None:
-      _save(path, exported, out)
+      return plain()
+    _save(path, exported, out)
   compiled = jax.jit(exported.call, compiler_options=options,
                      donate_argnums=tuple(donated)).lower(*specs).compile()
   out_tree, out_keys = out["tree"], out["keys"]

@@ -117,7 +117,8 @@ def test_no_cache_folder_means_no_saved_trace(tmp_path):
   for _ in range(2):
     _, traced = aot.compile_step(counted, (init(), bt, bv), cache_dir=None, key="k")
     assert traced
-  assert len(calls) == 2 and not list(tmp_path.iterdir())
+  # (jax.jit's own in-process cache may skip the second trace; nothing is written either way.)
+  assert calls and not list(tmp_path.iterdir())
 
 
 def test_runs_with_a_users_op_do_not_use_saved_traces():
@@ -170,3 +171,16 @@ def test_a_second_search_and_retraining_use_their_saved_traces(tmp_path, cifar10
   lines = [(tmp_path / w / "metrics.jsonl").read_text().splitlines() for w in ("t1", "t2")]
   strip = lambda line: {k: v for k, v in json.loads(line).items() if k != "images_per_s"}
   assert [strip(x) for x in lines[0]] == [strip(x) for x in lines[1]] and len(lines[0]) >= 2
+
+
+def test_a_step_jax_export_refuses_still_compiles(tmp_path, capsys):
+  """A host callback cannot be exported: the step compiles under plain jit, with a warning."""
+
+  def step(x):
+    y = jax.pure_callback(lambda v: np.asarray(v) * 2, jax.ShapeDtypeStruct((3,), jnp.float32), x)
+    return y + 1
+
+  compiled, traced = aot.compile_step(step, (jnp.arange(3.0),), cache_dir=str(tmp_path), key="k")
+  assert traced and "the step cannot be saved" in capsys.readouterr().err
+  np.testing.assert_array_equal(compiled(jnp.arange(3.0)), [1.0, 3.0, 5.0])
+  assert not (tmp_path / "dnas_traces").exists() or not list((tmp_path / "dnas_traces").iterdir())
