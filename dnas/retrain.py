@@ -105,7 +105,8 @@ def _cast(tree: Any, dtype) -> Any:
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
                     aux_weight: float = 0.4, label_smoothing: float = 0.0,
                     compute_dtype: Any = jnp.float32, donate: bool = True,
-                    cpu_preset: Optional[str] = None, ynn_fusions: bool = True
+                    cpu_preset: Optional[str] = None, ynn_fusions: bool = True,
+                    jit: bool = True
                     ) -> Callable[[TrainState, Batch, Any], Tuple[TrainState, Metrics]]:
   """Returns the jitted retraining step.
 
@@ -128,6 +129,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
       ``fast_compile``).
     ynn_fusions: let XLA's CPU backend use YNNPACK fusions (``dnas.compiler``; its default: the
       retraining step's dense convolutions ran faster with them).
+    jit: False returns the step uncompiled (for ``dnas.aot``; ``drop_path_prob`` must then be
+      a float32 scalar array).
 
   Returns:
     ``train_step(state, batch, drop_path_prob) -> (state, metrics)``, compiled once: a changing
@@ -159,6 +162,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
     }
     return TrainState(state.step + 1, params, batch_stats, opt_state, state.key), metrics
 
+  if not jit:
+    return train_step
   jitted = compiler.jit(train_step, cpu_preset=cpu_preset, ynn_fusions=ynn_fusions,
                         donate_argnums=(0,) if donate else ())
 
@@ -170,7 +175,6 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
   # Ahead-of-time compilation, as on a jitted function (benchmarks time compile and step apart).
   train_step_fn.lower = lambda state, batch, drop_path_prob: jitted.lower(
       state, batch, jnp.asarray(drop_path_prob, jnp.float32))
-  train_step_fn.fun = train_step  # not jitted (for dnas.aot; drop_path_prob a float32 scalar)
   return train_step_fn
 
 

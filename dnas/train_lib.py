@@ -870,8 +870,7 @@ def run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
   init_s = time.time() - t0
   train_step = retrain.make_train_step(model, tx, aux_weight=c.train.aux_weight,
                                        label_smoothing=c.train.label_smoothing,
-                                       compute_dtype=dtype, cpu_preset=c.xla_cpu_preset,
-                                       ynn_fusions=ynn)
+                                       compute_dtype=dtype, jit=False)
   eval_step = retrain.make_eval_step(model, compute_dtype=dtype, cpu_preset=c.xla_cpu_preset)
 
   def evaluate():
@@ -895,7 +894,7 @@ def run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
       dpp = c.train.drop_path_prob * epoch / c.train.epochs  # DARTS' linear schedule
       batch, dpp_array = feed.train_batch(step), jnp.float32(dpp)
       if compiled is None:  # traced, or loaded from a saved trace (dnas.aot)
-        compiled, _ = aot.compile_step(train_step.fun, (state, batch, dpp_array),
+        compiled, _ = aot.compile_step(train_step, (state, batch, dpp_array),
                                        cache_dir=traces, key="train_step\n" + trace_key,
                                        cpu_preset=c.xla_cpu_preset, ynn_fusions=ynn,
                                        donate_argnums=(0,))
