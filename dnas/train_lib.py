@@ -25,6 +25,7 @@ with status 0).
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import glob
 import importlib.util
@@ -508,25 +509,46 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
   trace_key = _trace_key(c, total=total, num_classes=ds.num_classes)
   init = functools.partial(search.init_search_state, model, strategy, weight_tx, arch_tx,
                            init_key, jnp.zeros((2,) + images.shape[1:]))
+  # The state's shapes come from the initialiser's trace (a saved one needs no tracing).
+  init_trace = aot.trace(init, (), cache_dir=traces, key="search_init\n" + trace_key,
+                         cpu_preset=preset, ynn_fusions=ynn)
   ckpt = os.path.join(workdir, "checkpoint.msgpack")
   history: Dict[str, list]
-  if not os.path.exists(ckpt):
-    init_fn, _ = aot.compile_step(init, (), cache_dir=traces, key="search_init\n" + trace_key,
-                                  cpu_preset=preset, ynn_fusions=ynn)
-    state = init_fn()
-    history = {k: [] for k in state.arch}
-  else:  # the checkpoint holds every array: only the state's shapes are needed, not its values
-    state, history = _load_checkpoint(ckpt, jax.eval_shape(init))
+  state = None
+  if os.path.exists(ckpt):  # the checkpoint holds every array
+    state, history = _load_checkpoint(ckpt, init_trace.out_specs)
     print(f"resuming {workdir} from step {int(state.step)}", flush=True)
-  _start_clean(workdir, int(state.step))
-  init_s = time.time() - t0
-
+  sharding = data_lib.batch_sharding(bs)
   batch_fn = jax.jit(functools.partial(
       data_lib.get_batch, batch_size=bs, mean=ds.mean, std=ds.std,
-      crop_padding=c.data.crop_padding, flip=c.data.flip,
-      sharding=data_lib.batch_sharding(bs)))
-  step_fn = search.make_search_step(model, strategy, weight_tx, arch_tx, jit=False)
+      crop_padding=c.data.crop_padding, flip=c.data.flip, sharding=sharding))
   mix = jax.jit(lambda a: strategy.mix(a, (), None))
+  step_fn = search.make_search_step(model, strategy, weight_tx, arch_tx, jit=False)
+  batch_spec = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+                            jax.eval_shape(batch_fn, train, train_key, 0))
+  examples = (init_trace.out_specs, batch_spec, batch_spec)
+  # The step is traced and compiled (or loaded) on a second thread while the state is
+  # initialised: XLA compiles and loads without holding Python's lock, so the two overlap.
+  # A finished run (resumed to redo its artifacts) needs no step.
+  pending, compile_s = None, None
+  with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    tc = time.time()
+    if state is None or int(state.step) < total:
+      pending = pool.submit(aot.compile_step, step_fn, examples, cache_dir=traces,
+                            key="search_step\n" + trace_key, cpu_preset=preset,
+                            ynn_fusions=ynn, donate_argnums=(0,))
+    if state is None:
+      state = init_trace.compile()()
+      history = {k: [] for k in state.arch}
+    _start_clean(workdir, int(state.step))
+    init_s = time.time() - t0
+    if pending is not None:
+      batch_fn(train, train_key, 0)  # compiles it while the step is still loading
+      step_fn, traced = pending.result()
+      compile_s = time.time() - tc
+      print(f"init {init_s:.1f}s, compile {compile_s:.1f}s (alongside init)"
+            f"{'' if traced else ' (saved trace)'}, {total} steps ({spe} per epoch)",
+            flush=True)
 
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   progress = _Progress()
@@ -534,23 +556,12 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
   acc, acc_n = None, 0
   streak = worst = jnp.zeros((), jnp.int32)
   t_log, n_log = time.time(), 0
-  compile_s = None
   last = {}
   with _Stopper() as stopper, open(metrics_path, "a") as mfile, \
       summary_writer(workdir, step) as tb:
     while step < total:
       bt = batch_fn(train, train_key, step)
       bv = batch_fn(val, val_key, step)
-      if compile_s is None:
-        tc = time.time()
-        step_fn, traced = aot.compile_step(step_fn, (state, bt, bv), cache_dir=traces,
-                                           key="search_step\n" + trace_key, cpu_preset=preset,
-                                           ynn_fusions=ynn, donate_argnums=(0,))
-        compile_s = time.time() - tc
-        print(f"init {init_s:.1f}s, compile {compile_s:.1f}s"
-              f"{'' if traced else ' (saved trace)'}, {total} steps ({spe} per epoch)",
-              flush=True)
-        t_log = time.time()
       state, m = step_fn(state, bt, bv)
       step += 1
       acc = m if acc is None else jax.tree.map(jnp.add, acc, m)

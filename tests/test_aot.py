@@ -111,6 +111,33 @@ def test_a_broken_saved_trace_is_replaced(tmp_path, capsys):
   assert not compile_("k") and len(calls) == 2
 
 
+def test_output_shapes_come_from_the_saved_trace_and_specs_compile_a_step(tmp_path):
+  """``Trace.out_specs`` needs no trace when the trace was saved; a step compiled from specs
+  (a typed key among them) runs on real arrays."""
+  init, step, bt, bv = _toy()
+  counted_init, init_calls = _counting(init)
+  want = jax.eval_shape(init)
+  for cache_dir, traced in ((None, True), (str(tmp_path), True), (str(tmp_path), False)):
+    t = aot.trace(counted_init, (), cache_dir=cache_dir, key="init")
+    assert t.traced == traced
+    calls = len(init_calls)
+    specs = t.out_specs
+    assert len(init_calls) == calls + (cache_dir is None)  # a plain trace traces for its shapes
+    assert jax.tree.structure(specs) == jax.tree.structure(want)
+    for got, ref in zip(jax.tree.leaves(specs), jax.tree.leaves(want)):
+      assert (got.shape, got.dtype) == (ref.shape, ref.dtype)
+      assert got.sharding == jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    assert jnp.issubdtype(specs.key.dtype, jax.dtypes.prng_key)
+
+    counted, step_calls = _counting(step)
+    compiled, _ = aot.compile_step(counted, (specs, bt, bv), cache_dir=cache_dir, key="step")
+    got, _ = _run(compiled, t.compile()(), bt, bv)
+    ref, _ = _run(jax.jit(step), init(), bt, bv)
+    for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+      np.testing.assert_allclose(x, y, rtol=1e-6)
+  assert len(init_calls) == 2  # the plain trace and the export; the saved one was only loaded
+
+
 def test_no_cache_folder_means_no_saved_trace(tmp_path):
   init, step, bt, bv = _toy()
   counted, calls = _counting(step)
@@ -141,20 +168,34 @@ def _config(name, archive, cache, **overrides):
   return c
 
 
-def test_a_second_search_and_retraining_use_their_saved_traces(tmp_path, cifar10_archive, capsys):
+def test_a_second_search_and_retraining_use_their_saved_traces(tmp_path, cifar10_archive, capsys,
+                                                                monkeypatch):
   """End to end: the second run of a config loads its traces and ends where the first ended."""
   cache = tmp_path / "jax"
+  init_search_state = search.init_search_state
   search_config = _config("darts_cifar10.py", cifar10_archive, cache, **{
       "data.train_size": 32, "data.batch_size": 8, "model.nodes": 1, "search.epochs": 1})
   first = train_lib.run_search(search_config, str(tmp_path / "s1"))
   assert "(saved trace)" not in capsys.readouterr().out
   saved = sorted(os.listdir(cache / "dnas_traces"))
   assert len(saved) == 2  # the initialiser and the step
+  # Later runs, new or resumed, neither trace the initialiser nor the step.
+  init_calls = []
+  monkeypatch.setattr(search, "init_search_state",
+                      lambda *a, **k: init_calls.append(1) or init_search_state(*a, **k))
   second = train_lib.run_search(search_config, str(tmp_path / "s2"))
   assert "(saved trace)" in capsys.readouterr().out
+  train_lib.run_search(search_config, str(tmp_path / "s3"), stop_after_steps=1)
+  resumed = train_lib.run_search(search_config, str(tmp_path / "s3"))
+  out = capsys.readouterr().out
+  assert "resuming" in out and "(saved trace)" in out
+  train_lib.run_search(search_config, str(tmp_path / "s1"))  # finished: no step to compile
+  assert "compile" not in capsys.readouterr().out
+  assert not init_calls
   assert sorted(os.listdir(cache / "dnas_traces")) == saved
-  for k in first["op_weights"]:
-    np.testing.assert_array_equal(first["op_weights"][k], second["op_weights"][k])
+  for run in (second, resumed):
+    for k in first["op_weights"]:
+      np.testing.assert_array_equal(first["op_weights"][k], run["op_weights"][k])
 
   genotype = genotypes.darts(normal=[("sep_conv_3x3", 0), ("skip_connect", 1)],
                              reduce=[("max_pool_3x3", 0), ("dil_conv_3x3", 1)],
