@@ -524,8 +524,7 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
       crop_padding=c.data.crop_padding, flip=c.data.flip, sharding=sharding))
   mix = jax.jit(lambda a: strategy.mix(a, (), None))
   step_fn = search.make_search_step(model, strategy, weight_tx, arch_tx, jit=False)
-  batch_spec = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-                            jax.eval_shape(batch_fn, train, train_key, 0))
+  batch_spec = _placed(jax.eval_shape(batch_fn, train, train_key, 0), sharding)
   examples = (init_trace.out_specs, batch_spec, batch_spec)
   # The step is traced and compiled (or loaded) on a second thread while the state is
   # initialised: XLA compiles and loads without holding Python's lock, so the two overlap.
@@ -739,6 +738,12 @@ def _subset(key, n: int, size: int) -> Optional[np.ndarray]:
   return np.sort(np.asarray(jax.random.permutation(key, n))[:size])
 
 
+def _placed(specs, sharding):
+  """``jax.ShapeDtypeStruct``s of ``specs``' shapes and dtypes, laid out with ``sharding``."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                      specs)
+
+
 class _MemoryFeed:
   """Retraining data held on the device: batches drawn and augmented inside jit."""
 
@@ -758,13 +763,18 @@ class _MemoryFeed:
     self.mean, self.std, self.eval_batch_size = ds.mean, ds.std, c.data.eval_batch_size
     self.train = data_lib.to_device(images, labels)
     self.data_key = data_key
+    self.sharding = data_lib.batch_sharding(c.data.batch_size)
     self.batch_fn = jax.jit(functools.partial(
         data_lib.get_batch, batch_size=c.data.batch_size, mean=ds.mean, std=ds.std,
         crop_padding=c.data.crop_padding, flip=c.data.flip, cutout=c.data.cutout,
-        sharding=data_lib.batch_sharding(c.data.batch_size)))
+        sharding=self.sharding))
 
   def train_batch(self, step: int):
     return self.batch_fn(self.train, self.data_key, step)
+
+  def batch_spec(self):
+    """Shapes, dtypes and sharding of ``train_batch``'s batches, computing none."""
+    return _placed(jax.eval_shape(self.batch_fn, self.train, self.data_key, 0), self.sharding)
 
   def test_batches(self):
     return data_lib.eval_batches(self.test_images, self.test_labels, self.eval_batch_size,
@@ -822,6 +832,13 @@ class _StreamFeed:
     self._next_step = step + 1
     return self.augment(images, labels, self.data_key, step)
 
+  def batch_spec(self):
+    """Shapes, dtypes and sharding of ``train_batch``'s batches, reading none."""
+    bs = self.c.data.batch_size
+    host = (jax.ShapeDtypeStruct((bs,) + self.image_shape, jnp.uint8),  # stream.train_batches'
+            jax.ShapeDtypeStruct((bs,), jnp.int32))
+    return _placed(jax.eval_shape(self.augment, *host, self.data_key, 0), self.sharding)
+
   def test_batches(self):
     batches = self.stream.test_batches(self.test_src, self.c.data.eval_batch_size,
                                        image_size=self.c.data.image_size,
@@ -868,20 +885,34 @@ def run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
                          genotype=genotype.to_json())
   init = functools.partial(retrain.init_train_state, model, tx, init_key,
                            jnp.zeros((2,) + feed.image_shape), cpu_preset=c.xla_cpu_preset)
+  init_trace = aot.trace(functools.partial(init, jit=False), (), cache_dir=traces,
+                         key="train_init\n" + trace_key, cpu_preset=c.xla_cpu_preset,
+                         ynn_fusions=ynn)
   ckpt = os.path.join(workdir, "checkpoint.msgpack")
-  if not os.path.exists(ckpt):
-    init_fn, _ = aot.compile_step(functools.partial(init, jit=False), (), cache_dir=traces,
-                                  key="train_init\n" + trace_key, cpu_preset=c.xla_cpu_preset,
-                                  ynn_fusions=ynn)
-    state = init_fn()
-  else:  # shapes only: the checkpoint holds every array
-    state = _load_train_checkpoint(ckpt, jax.eval_shape(functools.partial(init, jit=False)))
+  state = None
+  if os.path.exists(ckpt):  # shapes only: the checkpoint holds every array
+    state = _load_train_checkpoint(ckpt, init_trace.out_specs)
     print(f"resuming {workdir} from step {int(state.step)}", flush=True)
-  _start_clean(workdir, int(state.step))
-  init_s = time.time() - t0
   train_step = retrain.make_train_step(model, tx, aux_weight=c.train.aux_weight,
                                        label_smoothing=c.train.label_smoothing,
                                        compute_dtype=dtype, jit=False)
+  dpp_spec = _placed(jax.ShapeDtypeStruct((), jnp.float32),
+                     jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+  examples = (init_trace.out_specs, feed.batch_spec(), dpp_spec)
+  # As in run_search: the step compiles (or loads) on a second thread during initialisation.
+  compiled = None
+  with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    pending = None
+    if state is None or int(state.step) < total:
+      pending = pool.submit(aot.compile_step, train_step, examples, cache_dir=traces,
+                            key="train_step\n" + trace_key, cpu_preset=c.xla_cpu_preset,
+                            ynn_fusions=ynn, donate_argnums=(0,))
+    if state is None:
+      state = init_trace.compile()()
+    _start_clean(workdir, int(state.step))
+    init_s = time.time() - t0
+    if pending is not None:
+      compiled, _ = pending.result()
   eval_step = retrain.make_eval_step(model, compute_dtype=dtype, cpu_preset=c.xla_cpu_preset)
 
   def evaluate():
@@ -897,18 +928,12 @@ def run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
   progress = _Progress()
   step = int(state.step)
   acc, acc_n, t_log, n_log, last = None, 0, time.time(), 0, {}
-  compiled = None
   with _Stopper() as stopper, open(metrics_path, "a") as mfile, \
       summary_writer(workdir, step) as tb:
     while step < total:
       epoch = step // spe
       dpp = c.train.drop_path_prob * epoch / c.train.epochs  # DARTS' linear schedule
       batch, dpp_array = feed.train_batch(step), jnp.float32(dpp)
-      if compiled is None:  # traced, or loaded from a saved trace (dnas.aot)
-        compiled, _ = aot.compile_step(train_step, (state, batch, dpp_array),
-                                       cache_dir=traces, key="train_step\n" + trace_key,
-                                       cpu_preset=c.xla_cpu_preset, ynn_fusions=ynn,
-                                       donate_argnums=(0,))
       state, m = compiled(state, batch, dpp_array)
       step += 1
       acc = m if acc is None else jax.tree.map(jnp.add, acc, m)
