@@ -513,8 +513,7 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
   init_trace = aot.trace(init, (), cache_dir=traces, key="search_init\n" + trace_key,
                          cpu_preset=preset, ynn_fusions=ynn)
   ckpt = os.path.join(workdir, "checkpoint.msgpack")
-  history: Dict[str, list]
-  state = None
+  state, history = None, None
   if os.path.exists(ckpt):  # the checkpoint holds every array
     state, history = _load_checkpoint(ckpt, init_trace.out_specs)
     print(f"resuming {workdir} from step {int(state.step)}", flush=True)
@@ -526,28 +525,19 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
   step_fn = search.make_search_step(model, strategy, weight_tx, arch_tx, jit=False)
   batch_spec = _placed(jax.eval_shape(batch_fn, train, train_key, 0), sharding)
   examples = (init_trace.out_specs, batch_spec, batch_spec)
-  # The step is traced and compiled (or loaded) on a second thread while the state is
-  # initialised: XLA compiles and loads without holding Python's lock, so the two overlap.
-  # A finished run (resumed to redo its artifacts) needs no step.
-  pending, compile_s = None, None
-  with concurrent.futures.ThreadPoolExecutor(1) as pool:
-    tc = time.time()
-    if state is None or int(state.step) < total:
-      pending = pool.submit(aot.compile_step, step_fn, examples, cache_dir=traces,
-                            key="search_step\n" + trace_key, cpu_preset=preset,
-                            ynn_fusions=ynn, donate_argnums=(0,))
-    if state is None:
-      state = init_trace.compile()()
-      history = {k: [] for k in state.arch}
-    _start_clean(workdir, int(state.step))
-    init_s = time.time() - t0
-    if pending is not None:
-      batch_fn(train, train_key, 0)  # compiles it while the step is still loading
-      step_fn, traced = pending.result()
-      compile_s = time.time() - tc
-      print(f"init {init_s:.1f}s, compile {compile_s:.1f}s (alongside init)"
-            f"{'' if traced else ' (saved trace)'}, {total} steps ({spe} per epoch)",
-            flush=True)
+  tc = time.time()
+  state, step_fn, traced, init_end = _init_and_compile(
+      init_trace, state, total, step_fn, examples, cache_dir=traces,
+      key="search_step\n" + trace_key, cpu_preset=preset, ynn_fusions=ynn, donate_argnums=(0,),
+      while_loading=lambda: batch_fn(train, train_key, 0))  # compiles the batch function
+  if history is None:  # a new run
+    history = {k: [] for k in state.arch}
+  _start_clean(workdir, int(state.step))
+  init_s, compile_s = init_end - t0, None
+  if step_fn is not None:
+    compile_s = time.time() - tc
+    print(f"init {init_s:.1f}s, compile {compile_s:.1f}s (alongside init)"
+          f"{'' if traced else ' (saved trace)'}, {total} steps ({spe} per epoch)", flush=True)
 
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   progress = _Progress()
@@ -744,6 +734,33 @@ def _placed(specs, sharding):
                       specs)
 
 
+def _init_and_compile(init_trace: aot.Trace, state, total: int, step_fn, examples, *,
+                      while_loading: Optional[Any] = None, **compile_kwargs):
+  """The run's state and its compiled step, the step compiled or loaded on a second thread.
+
+  XLA compiles and loads without holding Python's lock, so the step's compilation (or its load
+  from the caches) overlaps the initialisation. ``state``: a restored state, or None to run
+  ``init_trace``. A finished run (resumed to redo its artifacts) gets no step.
+
+  Returns:
+    ``(state, step, traced, init_end)``: ``step`` is ``aot.compile_step``'s (None when the run
+    has no step left), ``init_end`` the ``time.time()`` at which the state was ready.
+  """
+  step, traced = None, True
+  with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    pending = None
+    if state is None or int(state.step) < total:
+      pending = pool.submit(aot.compile_step, step_fn, examples, **compile_kwargs)
+    if state is None:
+      state = init_trace.compile()()
+    init_end = time.time()
+    if pending is not None:
+      if while_loading is not None:
+        while_loading()
+      step, traced = pending.result()
+  return state, step, traced, init_end
+
+
 class _MemoryFeed:
   """Retraining data held on the device: batches drawn and augmented inside jit."""
 
@@ -884,8 +901,8 @@ def run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
   trace_key = _trace_key(c, total=total, num_classes=feed.num_classes,
                          genotype=genotype.to_json())
   init = functools.partial(retrain.init_train_state, model, tx, init_key,
-                           jnp.zeros((2,) + feed.image_shape), cpu_preset=c.xla_cpu_preset)
-  init_trace = aot.trace(functools.partial(init, jit=False), (), cache_dir=traces,
+                           jnp.zeros((2,) + feed.image_shape), jit=False)
+  init_trace = aot.trace(init, (), cache_dir=traces,
                          key="train_init\n" + trace_key, cpu_preset=c.xla_cpu_preset,
                          ynn_fusions=ynn)
   ckpt = os.path.join(workdir, "checkpoint.msgpack")
@@ -899,20 +916,12 @@ def run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
   dpp_spec = _placed(jax.ShapeDtypeStruct((), jnp.float32),
                      jax.sharding.SingleDeviceSharding(jax.devices()[0]))
   examples = (init_trace.out_specs, feed.batch_spec(), dpp_spec)
-  # As in run_search: the step compiles (or loads) on a second thread during initialisation.
-  compiled = None
-  with concurrent.futures.ThreadPoolExecutor(1) as pool:
-    pending = None
-    if state is None or int(state.step) < total:
-      pending = pool.submit(aot.compile_step, train_step, examples, cache_dir=traces,
-                            key="train_step\n" + trace_key, cpu_preset=c.xla_cpu_preset,
-                            ynn_fusions=ynn, donate_argnums=(0,))
-    if state is None:
-      state = init_trace.compile()()
-    _start_clean(workdir, int(state.step))
-    init_s = time.time() - t0
-    if pending is not None:
-      compiled, _ = pending.result()
+  state, compiled, _, init_end = _init_and_compile(
+      init_trace, state, total, train_step, examples, cache_dir=traces,
+      key="train_step\n" + trace_key, cpu_preset=c.xla_cpu_preset, ynn_fusions=ynn,
+      donate_argnums=(0,))
+  _start_clean(workdir, int(state.step))
+  init_s = init_end - t0
   eval_step = retrain.make_eval_step(model, compute_dtype=dtype, cpu_preset=c.xla_cpu_preset)
 
   def evaluate():
