@@ -5,12 +5,13 @@ Usage::
   python benchmarks/warm_start.py [--channels 8 --layers 5 --nodes 4 --batch 8]
       [--path ../shared/data/cifar10-jpeg.tar.gz]
 
-Three processes run ``train_lib.run_search`` one after another on the DARTS config with a fresh
+Four processes run ``train_lib.run_search`` one after another on the DARTS config with a fresh
 persistent compilation cache, each stopping after its first step:
 
 1. ``cold``: a new run folder, an empty compilation cache;
 2. ``warm``: another new run folder, the same config, the cache the first process filled;
-3. ``resume``: the first run folder again (it resumes from its checkpoint), the warm cache.
+3. ``resume``: the first run folder again (it resumes from its checkpoint), the warm cache;
+4. ``new_seed``: a third new run folder, the same config under another seed, the warm cache.
 
 Each prints one JSON line: ``until_stepping_s`` (process start to the loop's line announcing
 its first step, imports and data loading included), ``until_first_step_s`` (to the end of the
@@ -72,8 +73,10 @@ def main():
       "checkpoint_every_steps": 1, "compilation_cache_dir": os.path.join(root, "jax")}
   config = os.path.join(REPO, "experiments", "darts_cifar10.py")
   info = bench.device_info()
-  for name, workdir, steps in [("cold", "a", 1), ("warm", "b", 1), ("resume", "a", 2)]:
-    code = CHILD.format(repo=REPO, config=config, overrides=overrides,
+  runs = [("cold", "a", 1, {}), ("warm", "b", 1, {}), ("resume", "a", 2, {}),
+          ("new_seed", "c", 1, {"seed": 3})]
+  for name, workdir, steps, extra in runs:
+    code = CHILD.format(repo=REPO, config=config, overrides={**overrides, **extra},
                         workdir=os.path.join(root, workdir), steps=steps)
     t = time.perf_counter()
     # The loop prints its "init ..., compile ..." line just before its first step.

@@ -84,6 +84,10 @@ RESUMABLE_KEYS = frozenset({
     "data.path", "data.data_dir", "data.cache_dir", "data.workers", "data.eval_batch_size",
     "log_every_steps", "checkpoint_every_steps", "eval_every_epochs", "max_bad_steps",
     "compilation_cache_dir", "xla_cpu_preset", "xla_cpu_ynn_fusions"})
+# Config keys no trace depends on: those above, and the seed, which reaches the initialiser and
+# the batches as an argument (a key), never as a constant. So a search repeated under other
+# seeds (as DARTS reports its results) loads the first seed's saved traces and executables.
+TRACE_FREE_KEYS = RESUMABLE_KEYS | {"seed"}
 
 
 @jax.jit
@@ -196,9 +200,9 @@ def validate_search_config(c: ml_collections.ConfigDict) -> None:
 
 
 def _trace_key(c: ml_collections.ConfigDict, **extra) -> str:
-  """What a step's trace depends on in ``c`` (all but ``RESUMABLE_KEYS``) and ``extra``."""
+  """What a step's trace depends on in ``c`` (all but ``TRACE_FREE_KEYS``) and ``extra``."""
   flat = traverse_util.flatten_dict(c.to_dict(), sep=".")
-  kept = {k: v for k, v in flat.items() if k not in RESUMABLE_KEYS}
+  kept = {k: v for k, v in flat.items() if k not in TRACE_FREE_KEYS}
   return json.dumps({**kept, **extra}, sort_keys=True, default=repr)
 
 
@@ -508,9 +512,9 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
   traces = cache_dir if _builtin_ops(op_set.ops) else None
   trace_key = _trace_key(c, total=total, num_classes=ds.num_classes)
   init = functools.partial(search.init_search_state, model, strategy, weight_tx, arch_tx,
-                           init_key, jnp.zeros((2,) + images.shape[1:]))
+                           sample_images=jnp.zeros((2,) + images.shape[1:]))
   # The state's shapes come from the initialiser's trace (a saved one needs no tracing).
-  init_trace = aot.trace(init, (), cache_dir=traces, key="search_init\n" + trace_key,
+  init_trace = aot.trace(init, (init_key,), cache_dir=traces, key="search_init\n" + trace_key,
                          cpu_preset=preset, ynn_fusions=ynn)
   ckpt = os.path.join(workdir, "checkpoint.msgpack")
   state, history = None, None
@@ -740,7 +744,8 @@ def _init_and_compile(init_trace: aot.Trace, state, total: int, step_fn, example
 
   XLA compiles and loads without holding Python's lock, so the step's compilation (or its load
   from the caches) overlaps the initialisation. ``state``: a restored state, or None to run
-  ``init_trace``. A finished run (resumed to redo its artifacts) gets no step.
+  ``init_trace`` on its example arguments. A finished run (resumed to redo its artifacts) gets
+  no step.
 
   Returns:
     ``(state, step, traced, init_end)``: ``step`` is ``aot.compile_step``'s (None when the run
@@ -752,7 +757,7 @@ def _init_and_compile(init_trace: aot.Trace, state, total: int, step_fn, example
     if state is None or int(state.step) < total:
       pending = pool.submit(aot.compile_step, step_fn, examples, **compile_kwargs)
     if state is None:
-      state = init_trace.compile()()
+      state = init_trace.compile()(*init_trace.args)
     init_end = time.time()
     if pending is not None:
       if while_loading is not None:
@@ -900,9 +905,9 @@ def run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
   traces = cache_dir if _builtin_ops(genotype.ops) else None
   trace_key = _trace_key(c, total=total, num_classes=feed.num_classes,
                          genotype=genotype.to_json())
-  init = functools.partial(retrain.init_train_state, model, tx, init_key,
-                           jnp.zeros((2,) + feed.image_shape), jit=False)
-  init_trace = aot.trace(init, (), cache_dir=traces,
+  init = functools.partial(retrain.init_train_state, model, tx,
+                           sample_images=jnp.zeros((2,) + feed.image_shape), jit=False)
+  init_trace = aot.trace(init, (init_key,), cache_dir=traces,
                          key="train_init\n" + trace_key, cpu_preset=c.xla_cpu_preset,
                          ynn_fusions=ynn)
   ckpt = os.path.join(workdir, "checkpoint.msgpack")

@@ -173,8 +173,8 @@ def test_a_second_search_and_retraining_use_their_saved_traces(tmp_path, cifar10
   """End to end: the second run of a config loads its traces and ends where the first ended."""
   cache = tmp_path / "jax"
   init_search_state = search.init_search_state
-  search_config = _config("darts_cifar10.py", cifar10_archive, cache, **{
-      "data.train_size": 32, "data.batch_size": 8, "model.nodes": 1, "search.epochs": 1})
+  small = {"data.train_size": 32, "data.batch_size": 8, "model.nodes": 1, "search.epochs": 1}
+  search_config = _config("darts_cifar10.py", cifar10_archive, cache, **small)
   first = train_lib.run_search(search_config, str(tmp_path / "s1"))
   assert "(saved trace)" not in capsys.readouterr().out
   saved = sorted(os.listdir(cache / "dnas_traces"))
@@ -191,11 +191,22 @@ def test_a_second_search_and_retraining_use_their_saved_traces(tmp_path, cifar10
   assert "resuming" in out and "(saved trace)" in out
   train_lib.run_search(search_config, str(tmp_path / "s1"))  # finished: no step to compile
   assert "compile" not in capsys.readouterr().out
+  # Another seed needs no trace of its own: the seed is an argument of both traces.
+  reseeded = train_lib.run_search(
+      _config("darts_cifar10.py", cifar10_archive, cache, seed=3, **small), str(tmp_path / "s4"))
+  assert "(saved trace)" in capsys.readouterr().out
   assert not init_calls
   assert sorted(os.listdir(cache / "dnas_traces")) == saved
   for run in (second, resumed):
     for k in first["op_weights"]:
       np.testing.assert_array_equal(first["op_weights"][k], run["op_weights"][k])
+  # ... and ends where a run of that seed that traces its own steps (another cache) ends.
+  traced = train_lib.run_search(_config("darts_cifar10.py", cifar10_archive, tmp_path / "jax2",
+                                        seed=3, **small), str(tmp_path / "s5"))
+  assert "(saved trace)" not in capsys.readouterr().out and init_calls
+  for k in first["op_weights"]:
+    np.testing.assert_array_equal(reseeded["op_weights"][k], traced["op_weights"][k])
+    assert not np.array_equal(reseeded["op_weights"][k], first["op_weights"][k])
 
   genotype = genotypes.darts(normal=[("sep_conv_3x3", 0), ("skip_connect", 1)],
                              reduce=[("max_pool_3x3", 0), ("dil_conv_3x3", 1)],
@@ -205,10 +216,14 @@ def test_a_second_search_and_retraining_use_their_saved_traces(tmp_path, cifar10
       "data.eval_batch_size": 16, "model.channels": 4, "model.layers": 3,
       "model.auxiliary": False, "train.epochs": 1})
   runs = [train_lib.run_train(train_config, genotype, str(tmp_path / w)) for w in ("t1", "t2")]
-  assert len(os.listdir(cache / "dnas_traces")) == len(saved) + 2  # saved once, loaded once
+  train_config.seed += 1
+  runs.append(train_lib.run_train(train_config, genotype, str(tmp_path / "t3")))
+  # Saved once, loaded twice (another seed included).
+  assert len(os.listdir(cache / "dnas_traces")) == len(saved) + 2
   for run in runs:
     run.pop("init_s")
   assert runs[0] == runs[1] and runs[0]["step"] == 2 and runs[0]["test_acc"] is not None
+  assert runs[2]["step"] == 2 and runs[2]["test_loss"] != runs[0]["test_loss"]
   lines = [(tmp_path / w / "metrics.jsonl").read_text().splitlines() for w in ("t1", "t2")]
   strip = lambda line: {k: v for k, v in json.loads(line).items() if k != "images_per_s"}
   assert [strip(x) for x in lines[0]] == [strip(x) for x in lines[1]] and len(lines[0]) >= 2
