@@ -36,6 +36,8 @@ def main():
   p.add_argument("--nodes", type=int, default=4)
   p.add_argument("--batch", type=int, default=64)
   p.add_argument("--order", type=int, default=1)
+  p.add_argument("--hessian", default="exact", choices=["exact", "finite_difference"],
+                 help="second order: the exact hypergradient or DARTS' finite difference")
   p.add_argument("--steps", type=int, default=5, help="steps timed; 0: compile only")
   p.add_argument("--cache", default="")
   p.add_argument("--cpu-preset", default="fast_compile",
@@ -61,8 +63,8 @@ def main():
   else:
     model = NB201SearchNet(channels=a.channels, cells_per_stage=a.layers,
                            scan_nodes=not a.unroll_nodes, scan_inputs=a.scan_inputs)
-  strategy = darts(order=a.order)
-  weight_tx, _ = search.darts_weight_optimizer(total_steps=1000)
+  weight_tx, schedule = search.darts_weight_optimizer(total_steps=1000)
+  strategy = darts(order=a.order, hessian=a.hessian, learning_rate=schedule)
   arch_tx = search.darts_arch_optimizer()
   key = jax.random.key(0)
   images = jax.random.normal(key, (a.batch, 32, 32, 3))
@@ -82,7 +84,7 @@ def main():
     print(json.dumps({
         "benchmark": "search_step_trace", "label": a.label, **bench.device_info(),
         "space": a.space, "channels": a.channels, "layers": a.layers, "nodes": a.nodes,
-        "batch": a.batch, "order": a.order, "scan_inputs": a.scan_inputs,
+        "batch": a.batch, "order": a.order, "hessian": a.hessian, "scan_inputs": a.scan_inputs,
         "trace_s": round(trace_s, 2), "lower_s": round(time.perf_counter() - t, 2),
         "jaxpr_eqns": len(traced.jaxpr.eqns)}), flush=True)
     return
@@ -101,7 +103,7 @@ def main():
       "benchmark": "search_step", "label": a.label, **bench.device_info(),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "space": a.space, "channels": a.channels, "layers": a.layers, "nodes": a.nodes,
-      "batch": a.batch, "order": a.order, "scan_nodes": not a.unroll_nodes,
+      "batch": a.batch, "order": a.order, "hessian": a.hessian, "scan_nodes": not a.unroll_nodes,
       "scan_inputs": a.scan_inputs,
       "depthwise": layers._depthwise_impl(),  # pylint: disable=protected-access
       "compiler_options": compiler.options(a.cpu_preset, ynn),
