@@ -14,6 +14,9 @@ if [ "$MODE" = cpu ]; then
     DNAS_DEPTHWISE=$dw run $S --channels 8 --layers 5 --batch 8 --steps 5 --label cpu_target_$dw
   done
   run $S --channels 8 --layers 5 --batch 8 --steps 5 --cpu-preset default --label cpu_target_xla_default
+  for h in exact finite_difference; do
+    run $S --channels 8 --layers 5 --batch 8 --order 2 --hessian $h --steps 5 --label cpu_o2_$h
+  done
   run $S --channels 16 --layers 8 --batch 64 --steps 0 --cache "$CACHE" --label paper_o1_cold
   run $S --channels 16 --layers 8 --batch 64 --steps 0 --cache "$CACHE" --label paper_o1_warm
   DNAS_DEPTHWISE=conv run $S --channels 16 --layers 8 --batch 64 --steps 0 --label paper_o1_conv_cold
@@ -32,6 +35,8 @@ else
       run $S --channels 16 --layers 8 --batch $b --order $o --steps 20 --cache "$CACHE" --label paper_o${o}_b$b
     done
   done
+  run $S --channels 16 --layers 8 --batch 64 --order 2 --hessian finite_difference --steps 20 \
+      --label paper_o2_fd_b64
   run $S --channels 16 --layers 8 --batch 64 --steps 5 --cache "$CACHE" --label paper_o1_b64_warm
   run $S --space nb201 --channels 16 --layers 5 --batch 64 --steps 20 --label nb201_o1
   run $PY benchmarks/train_step.py --batch 96 --steps 20
