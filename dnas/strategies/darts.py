@@ -44,11 +44,6 @@ def softmax_mix(arch, state, key):
   return jax.tree.map(lambda a: jax.nn.softmax(a, axis=-1), arch)
 
 
-def _virtual_step(problem: BilevelProblem, params, op_weights):
-  grads, _ = jax.grad(problem.loss_fn, has_aux=True)(params, op_weights, problem.batch_train)
-  return _updated(problem, params, grads)
-
-
 def _updated(problem: BilevelProblem, params, grads):
   """The weights one step of the weight optimizer reaches from ``params`` along ``grads``."""
   updates, _ = problem.weight_tx.update(grads, problem.weight_opt_state, params)
@@ -99,22 +94,23 @@ def darts(order: int = 1, hessian: str = "exact", fd_epsilon: float = 0.01,
     def train_loss(w, a):
       return problem.loss_fn(w, softmax_mix(a, state, key), problem.batch_train)[0]
 
+    def val_grads(w):
+      """``((L_val, logits), (grad_alpha, grad_w))`` at weights ``w``."""
+      return jax.value_and_grad(lambda a, w2: val_loss_at(problem, w2, a, state, key),
+                                argnums=(0, 1), has_aux=True)(arch, w)
+
+    g_train = jax.grad(train_loss)(params, arch)  # the virtual step's gradient (eq. 7)
     if hessian == "exact":
-      w2, update_vjp = jax.vjp(lambda g: _updated(problem, params, g),
-                               jax.grad(train_loss)(params, arch))
-      (loss, logits), (g_alpha, v) = jax.value_and_grad(
-          lambda a, w: val_loss_at(problem, w, a, state, key), argnums=(0, 1),
-          has_aux=True)(arch, w2)
+      w2, update_vjp = jax.vjp(lambda g: _updated(problem, params, g), g_train)
+      (loss, logits), (g_alpha, v) = val_grads(w2)
       (u,) = update_vjp(v)
       _, mixed = jax.jvp(lambda w: jax.grad(train_loss, argnums=1)(w, arch), (params,), (u,))
       g = jax.tree.map(jnp.add, g_alpha, mixed)
       return g, {"val_loss": loss, "val_logits": logits}
 
     # Finite-difference Hessian-vector product (DARTS eq. 8).
-    w2 = jax.lax.stop_gradient(_virtual_step(problem, params, softmax_mix(arch, state, key)))
-    (loss, logits), (g_alpha, v) = jax.value_and_grad(
-        lambda a, w: val_loss_at(problem, w, a, state, key), argnums=(0, 1),
-        has_aux=True)(arch, w2)
+    (loss, logits), (g_alpha, v) = val_grads(
+        jax.lax.stop_gradient(_updated(problem, params, g_train)))
     r = fd_epsilon / optax.tree.norm(v)
 
     def train_alpha_grad(sign):
