@@ -8,8 +8,9 @@ Usage::
 Random inputs of CIFAR's shape (the step's cost does not depend on pixel values). The persistent
 compilation cache is off here so that ``compile_s`` is the cold compile time; ``--cache DIR`` turns
 it on to measure a warm start. Set ``XLA_FLAGS`` in the environment to compare compiler options
-(``--ynn-fusions on|off`` for XLA's YNNPACK fusions), ``DNAS_DEPTHWISE=conv|shift`` to compare
-the depthwise convolution's two forms.
+(``--ynn-fusions on|off`` for XLA's YNNPACK fusions, ``--xla-scheduler memory|concurrency`` for
+XLA's CPU scheduler: ``memory``, the ``dnas search`` default, turns the concurrency-optimised one
+off), ``DNAS_DEPTHWISE=conv|shift`` to compare the depthwise convolution's two forms.
 """
 
 import argparse
@@ -44,6 +45,9 @@ def main():
                  help="XLA's CPU optimisation preset: fast_compile, default or fast_runtime")
   p.add_argument("--ynn-fusions", choices=["on", "off"], default="off",
                  help="XLA CPU YNNPACK fusions (dnas.compiler; the search default: off)")
+  p.add_argument("--xla-scheduler", choices=["memory", "concurrency"], default="memory",
+                 help="XLA's CPU scheduler (dnas.compiler.low_memory_schedule; the search default: "
+                      "memory); an XLA_FLAGS that names it wins")
   p.add_argument("--label", default="")
   p.add_argument("--unroll-nodes", action="store_true",
                  help="one op group per source node instead of the scan over node-to-node edges")
@@ -52,6 +56,8 @@ def main():
   p.add_argument("--trace-only", action="store_true",
                  help="only trace and lower the step (on abstract state): trace_s, lower_s")
   a = p.parse_args()
+  if a.xla_scheduler == "memory":
+    compiler.low_memory_schedule()
   if a.cache:
     jax.config.update("jax_compilation_cache_dir", a.cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

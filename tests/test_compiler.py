@@ -1,4 +1,10 @@
-"""XLA's CPU options (presets, YNNPACK fusions): reach the compiler, and leave results as they are."""
+"""XLA's CPU options (presets, YNNPACK fusions, scheduler): reach the compiler, and leave results
+as they are."""
+
+import json
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -54,3 +60,67 @@ def test_presets_give_the_same_search_step(tiny_search):
       np.testing.assert_allclose(x, y, rtol=2e-5, atol=2e-6)
   # Both passes ran: alpha and the weights moved.
   assert not np.allclose(results[1][1]["normal"], alpha0["normal"], rtol=0, atol=1e-6)
+
+
+# A `dnas search` whose run_search compiles a small search step instead and reports the buffer
+# plan XLA made for it: what the command's flags do to the search step.
+_SEARCH_PLAN = """
+import json, os, sys
+import jax
+from dnas import cli, search, train_lib
+from dnas.ops.sets import OpSet
+from dnas.spaces import DartsSearchNet
+from dnas.strategies import darts
+
+
+def plan(config, workdir):
+  ops = OpSet("small", ("none", "avg_pool_3x3", "skip_connect", "sep_conv_3x3"),
+              bn_after=("avg_pool_3x3",))
+  model = DartsSearchNet(num_classes=3, channels=4, layers=2, nodes=2, multiplier=2, op_set=ops)
+  strategy = darts(order=1)
+  weight_tx = search.darts_weight_optimizer(total_steps=10)[0]
+  arch_tx = search.darts_arch_optimizer()
+  batch = {"image": jax.ShapeDtypeStruct((4, 8, 8, 3), "float32"),
+           "label": jax.ShapeDtypeStruct((4,), "int32")}
+  state = jax.eval_shape(lambda k: search.init_search_state(
+      model, strategy, weight_tx, arch_tx, k, jax.numpy.zeros((2, 8, 8, 3))), jax.random.key(0))
+  step = search.make_search_step(model, strategy, weight_tx, arch_tx)
+  compiled = step.lower(state, batch, batch).compile()
+  print(json.dumps({"xla_flags": os.environ.get("XLA_FLAGS", ""),
+                    "temp_bytes": compiled.memory_analysis().temp_size_in_bytes}))
+  return {}
+
+
+train_lib.run_search = plan
+cli.run(["dnas", "search", "--config", sys.argv[1], "--workdir", sys.argv[2]])
+"""
+
+
+def _search_plan(tmp_path, xla_flags):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["JAX_PLATFORMS"] = "cpu"
+  if xla_flags is not None:
+    env["XLA_FLAGS"] = xla_flags
+  config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "experiments", "darts_cifar10.py")
+  r = subprocess.run([sys.executable, "-c", _SEARCH_PLAN, f"{config}:smoke", str(tmp_path)],
+                     env=env, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_dnas_search_schedules_for_memory_unless_told_otherwise(tmp_path):
+  """``dnas search`` turns XLA's concurrency-optimised CPU scheduler off, which shrinks the
+  search step's buffer plan; an ``XLA_FLAGS`` that names the option keeps the user's value."""
+  default = _search_plan(tmp_path, None)
+  concurrent = _search_plan(tmp_path, "--xla_cpu_enable_concurrency_optimized_scheduler=true")
+  assert default["xla_flags"] == "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+  assert concurrent["xla_flags"] == "--xla_cpu_enable_concurrency_optimized_scheduler=true"
+  assert default["temp_bytes"] < concurrent["temp_bytes"]
+
+
+def test_low_memory_schedule_leaves_started_backends_alone(monkeypatch):
+  jax.devices()  # XLA has read its flags: changing them now would only change cache keys
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  assert not compiler.low_memory_schedule()
+  assert "XLA_FLAGS" not in os.environ
