@@ -11,7 +11,9 @@ Usage::
   dnas bench  train  --config experiments/train_cifar10.py[:VARIANT] --genotype NAME [--dtypes float32,bfloat16]
 
 A user mistake (unknown flag or config key, a bad value, a missing file) prints one ``error:``
-line and exits with status 2; no traceback.
+line and exits with status 2; no traceback. A search or training stopped by SIGTERM or SIGINT
+checkpoints and exits with status 128 + the signal's number (143, 130), as a shell reports a
+process the signal killed, so a job scheduler sees a run that has not finished.
 """
 
 from __future__ import annotations
@@ -207,6 +209,8 @@ def run(argv: List[str]) -> int:
       raise UsageError("search needs --config and --workdir")
     from dnas import train_lib  # pylint: disable=g-import-not-at-top
     result = train_lib.run_search(fv.config, fv.workdir)
+    if result.get("signal"):
+      return 128 + result["signal"]
     if "genotype" in result:
       print(f"genotype: {json.dumps(result['genotype'])}")
       print(f"written to {os.path.join(fv.workdir, 'genotype.json')} and "
@@ -217,6 +221,8 @@ def run(argv: List[str]) -> int:
       raise UsageError("train needs --config, --genotype and --workdir")
     from dnas import train_lib  # pylint: disable=g-import-not-at-top
     result = train_lib.run_train(fv.config, _load_genotype(fv.genotype), fv.workdir)
+    if result.get("signal"):
+      return 128 + result["signal"]
     if "test_acc" in result:
       print(f"test accuracy {result['test_acc']:.4f} after {result['epochs']} epochs; "
             f"{os.path.join(fv.workdir, 'final_metrics.json')}")

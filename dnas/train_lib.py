@@ -473,7 +473,8 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
     stop_after_steps: stop (checkpointing) once the global step reaches this; for tests.
 
   Returns:
-    ``{"genotype": ..., "step": ..., "val_acc": ...}``.
+    ``{"genotype": ..., "step": ..., "val_acc": ...}``; a run stopped early (checkpointed),
+    ``{"step": ..., "stopped": True, "signal": ...}`` (the signal's number, or None).
   """
   c = config
   validate_search_config(c)
@@ -605,7 +606,7 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
         if stopper.signal is not None:
           print(f"stopped by signal {stopper.signal} at step {step}; run the same command again "
                 f"to resume from {ckpt}", flush=True)
-        return {"step": step, "stopped": True}
+        return {"step": step, "stopped": True, "signal": stopper.signal}
 
   w = jax.device_get(mix(state.arch))
   g = _write_artifacts(workdir, model, w, history, op_set)
@@ -875,7 +876,9 @@ def run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
 
   Writes ``config.json``, ``genotype.json``, ``metrics.jsonl`` (training lines and one
   ``"split": "test"`` line per evaluation), TensorBoard event files (the same scalars),
-  ``checkpoint.msgpack`` and, at the end, ``final_metrics.json`` to ``workdir``.
+  ``checkpoint.msgpack`` and, at the end, ``final_metrics.json`` to ``workdir``. A run stopped
+  early (checkpointed) returns ``{"step": ..., "stopped": True, "signal": ...}`` (the signal's
+  number, or None).
   """
   from dnas import retrain  # pylint: disable=g-import-not-at-top
   c = config
@@ -985,7 +988,7 @@ def run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
         if stopper.signal is not None:
           print(f"stopped by signal {stopper.signal} at step {step}; run the same command again "
                 f"to resume from {ckpt}", flush=True)
-        return {"step": step, "stopped": True}
+        return {"step": step, "stopped": True, "signal": stopper.signal}
 
   final = {"step": step, "epochs": c.train.epochs, **evaluate(), "init_s": init_s,
            "n_params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params)))}
