@@ -222,7 +222,7 @@ def test_streaming_retraining_resumes_bit_for_bit(subset_folder, tmp_path, cache
   straight = train_lib.run_train(c, genotype, str(tmp_path / "a"))
   assert straight["step"] == 4 and 0.0 <= straight["test_acc"] <= 1.0
   stopped = train_lib.run_train(c, genotype, str(tmp_path / "b"), stop_after_steps=2)
-  assert stopped == {"step": 2, "stopped": True}
+  assert stopped == {"step": 2, "stopped": True, "signal": None}
   resumed = train_lib.run_train(c, genotype, str(tmp_path / "b"))
   assert resumed["test_acc"] == straight["test_acc"]
   assert resumed["test_loss"] == straight["test_loss"]
