@@ -20,7 +20,7 @@ XLA's CPU scheduler is by default its concurrency-optimised one, which on a sear
 thousands of buffers (the zero-initialised outputs of the node scans) to the start of the
 program, where they all stay live. Without it (``XLA_FLAGS``
 ``--xla_cpu_enable_concurrency_optimized_scheduler=false``) the search steps' buffer plans at C=8,
-5 cells, batch 8 shrank from 1.10 to 0.90 GB (first order) and from 3.46 to 1.25 GB (exact
+5 cells, batch 8 shrank from 1.10 to 0.90 GB (first order) and from 3.46 to 1.24 GB (exact
 second order), and NAS-Bench-201's at batch 16 from 1.16 to 0.70 GB, with steps no slower
 (``benchmarks/RESULTS.md``). XLA reads this option from the process's flags only (as a
 per-compilation option it changes nothing), so ``low_memory_schedule`` sets it in ``XLA_FLAGS``

@@ -34,7 +34,14 @@ def caches(tmp_path_factory):
 
 @pytest.fixture
 def tiny_search():
+  """``small_search()``, as a fixture."""
+  return small_search()
+
+
+def small_search():
   """A DARTS supernet small enough to compile in seconds, its optimizers and two batches.
+
+  A plain function too, for test scripts run in subprocesses (``from conftest import ...``).
 
   Returns ``(model, strategy, weight_tx, arch_tx, batch_train, batch_val)``.
   """

@@ -68,31 +68,23 @@ _SEARCH_PLAN = """
 import json, os, sys
 import jax
 from dnas import cli, search, train_lib
-from dnas.ops.sets import OpSet
-from dnas.spaces import DartsSearchNet
-from dnas.strategies import darts
+sys.path.insert(0, os.path.dirname(sys.argv[1]))
+from conftest import small_search
 
 
 def plan(config, workdir):
-  ops = OpSet("small", ("none", "avg_pool_3x3", "skip_connect", "sep_conv_3x3"),
-              bn_after=("avg_pool_3x3",))
-  model = DartsSearchNet(num_classes=3, channels=4, layers=2, nodes=2, multiplier=2, op_set=ops)
-  strategy = darts(order=1)
-  weight_tx = search.darts_weight_optimizer(total_steps=10)[0]
-  arch_tx = search.darts_arch_optimizer()
-  batch = {"image": jax.ShapeDtypeStruct((4, 8, 8, 3), "float32"),
-           "label": jax.ShapeDtypeStruct((4,), "int32")}
+  model, strategy, weight_tx, arch_tx, bt, bv = small_search()  # JAX starts here
   state = jax.eval_shape(lambda k: search.init_search_state(
-      model, strategy, weight_tx, arch_tx, k, jax.numpy.zeros((2, 8, 8, 3))), jax.random.key(0))
+      model, strategy, weight_tx, arch_tx, k, bt["image"]), jax.random.key(0))
   step = search.make_search_step(model, strategy, weight_tx, arch_tx)
-  compiled = step.lower(state, batch, batch).compile()
+  compiled = step.lower(state, bt, bv).compile()
   print(json.dumps({"xla_flags": os.environ.get("XLA_FLAGS", ""),
                     "temp_bytes": compiled.memory_analysis().temp_size_in_bytes}))
   return {}
 
 
 train_lib.run_search = plan
-cli.run(["dnas", "search", "--config", sys.argv[1], "--workdir", sys.argv[2]])
+cli.run(["dnas", "search", "--config", sys.argv[2], "--workdir", sys.argv[3]])
 """
 
 
@@ -101,9 +93,10 @@ def _search_plan(tmp_path, xla_flags):
   env["JAX_PLATFORMS"] = "cpu"
   if xla_flags is not None:
     env["XLA_FLAGS"] = xla_flags
-  config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        "experiments", "darts_cifar10.py")
-  r = subprocess.run([sys.executable, "-c", _SEARCH_PLAN, f"{config}:smoke", str(tmp_path)],
+  tests = os.path.dirname(os.path.abspath(__file__))
+  config = os.path.join(os.path.dirname(tests), "experiments", "darts_cifar10.py")
+  r = subprocess.run([sys.executable, "-c", _SEARCH_PLAN, os.path.join(tests, "conftest.py"),
+                      f"{config}:smoke", str(tmp_path)],
                      env=env, capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-3000:]
   return json.loads(r.stdout.strip().splitlines()[-1])
