@@ -1,14 +1,24 @@
 #!/usr/bin/env bash
 # Every benchmark configuration in one go, one JSON line each (progress lines start with #).
-# Usage: bash benchmarks/run_all.sh [cpu|gpu] > results.jsonl
+# Usage: bash benchmarks/run_all.sh [cpu|gpu [PART ...]] > results.jsonl
 # `cpu` (default) sizes the runs for a small CPU box: paper-size searches compile only.
+# `gpu` runs parts 1 2 3 (each under 10 minutes on one H100); name parts to run only those.
+# $PYTHON (default .venv/bin/python), $DNAS_CIFAR10 (the CIFAR-10 archive), $BENCH_TIMEOUT (s,
+# per run, default 900) and $BENCH_LOGS (a folder for each run's stderr) are read.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 MODE=${1:-cpu}
 CACHE=$(mktemp -d)
 S="$PY benchmarks/search_step.py"
-run() { echo "# $(date -u +%T) $*" >&2; "$@" 2>/dev/null | grep '^{'; }
+LOGS=${BENCH_LOGS:-}
+N=0
+run() {
+  N=$((N + 1)); echo "# $(date -u +%T) $*" >&2
+  local err=/dev/null
+  [ -n "$LOGS" ] && err=$LOGS/run$N.err
+  timeout "${BENCH_TIMEOUT:-900}" "$@" 2>"$err" | grep '^{'
+}
 if [ "$MODE" = cpu ]; then
   for dw in conv shift; do
     DNAS_DEPTHWISE=$dw run $S --channels 8 --layers 5 --batch 8 --steps 5 --label cpu_target_$dw
@@ -30,18 +40,30 @@ if [ "$MODE" = cpu ]; then
   run $PY benchmarks/stream_pipeline.py --workers 1,2,4
   run $PY benchmarks/warm_start.py --channels 8 --layers 5 --batch 8
 else
-  for b in 64 256; do
-    for o in 1 2; do
-      run $S --channels 16 --layers 8 --batch $b --order $o --steps 20 --cache "$CACHE" --label paper_o${o}_b$b
-    done
+  shift
+  PARTS=${*:-1 2 3}
+  for part in $PARTS; do
+    case $part in
+      1)
+        run $S --batch 64 --order 1 --steps 50 --cache "$CACHE" --label paper_o1_b64
+        run $S --batch 64 --order 1 --steps 50 --cache "$CACHE" --label paper_o1_b64_warm
+        run $S --batch 64 --order 2 --steps 50 --label paper_o2_b64
+        run $S --batch 64 --order 2 --hessian finite_difference --steps 50 --label paper_o2_fd_b64
+        run $S --batch 256 --order 1 --steps 50 --label paper_o1_b256
+        ;;
+      2)
+        run $S --space nb201 --channels 16 --layers 5 --batch 64 --steps 50 --label nb201_o1_b64
+        run $PY benchmarks/train_step.py --batch 96 --steps 50
+        run $S --batch 256 --order 2 --steps 20 --label paper_o2_b256
+        DNAS_DEPTHWISE=shift run $S --batch 64 --order 1 --steps 50 --label paper_o1_b64_shift
+        ;;
+      3)
+        run $PY benchmarks/warm_start.py --channels 16 --layers 8 --batch 64
+        run $PY benchmarks/data_pipeline.py
+        run $PY benchmarks/stream_pipeline.py --workers 4,8,16
+        ;;
+      *) echo "unknown part $part (1, 2 or 3)" >&2; exit 2 ;;
+    esac
   done
-  run $S --channels 16 --layers 8 --batch 64 --order 2 --hessian finite_difference --steps 20 \
-      --label paper_o2_fd_b64
-  run $S --channels 16 --layers 8 --batch 64 --steps 5 --cache "$CACHE" --label paper_o1_b64_warm
-  run $S --space nb201 --channels 16 --layers 5 --batch 64 --steps 20 --label nb201_o1
-  run $PY benchmarks/train_step.py --batch 96 --steps 20
-  run $PY benchmarks/data_pipeline.py
-  run $PY benchmarks/stream_pipeline.py --workers 4,8,16
-  run $PY benchmarks/warm_start.py --channels 16 --layers 8 --batch 64
 fi
 rm -rf "$CACHE"

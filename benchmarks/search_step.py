@@ -53,6 +53,9 @@ def main():
                  help="one op group per source node instead of the scan over node-to-node edges")
   p.add_argument("--scan-inputs", action="store_true",
                  help="run a cell's stride-1 input edges in its node scan (ops compiled once)")
+  p.add_argument("--profile", default="",
+                 help="a folder: also trace 5 steps with jax.profiler and print the device's "
+                      "kernels (one more JSON line)")
   p.add_argument("--trace-only", action="store_true",
                  help="only trace and lower the step (on abstract state): trace_s, lower_s")
   a = p.parse_args()
@@ -104,7 +107,9 @@ def main():
   lowered = step.lower(state, batch, batch)  # tracing and lowering, timed apart from compiling
   trace_s = time.perf_counter() - t
   r = bench.time_step(step, (state, batch, batch), a.steps,
-                      lambda out, args: (out[0],) + tuple(args[1:]), lowered=lowered)
+                      lambda out, args: (out[0],) + tuple(args[1:]), lowered=lowered,
+                      profile_dir=a.profile)
+  profile = r.pop("profile", None)
   print(json.dumps({
       "benchmark": "search_step", "label": a.label, **bench.device_info(),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
@@ -116,6 +121,9 @@ def main():
       "init_s": round(init_s, 2), "trace_s": round(trace_s, 2), **r,
       "images_per_s": (round(2 * a.batch / (r["step_ms_median"] / 1e3), 1)
                        if r["step_ms_median"] else None)}), flush=True)
+  if profile:
+    print(json.dumps({"benchmark": "search_step_profile", "label": a.label, **profile}),
+          flush=True)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ def xla_memory(compiled) -> Dict[str, Any]:
 
 def time_step(step: Callable, args: Sequence[Any], steps: int,
               carry: Callable[[Any, Sequence[Any]], Sequence[Any]],
-              lowered: Any = None) -> Dict[str, Any]:
+              lowered: Any = None, profile_dir: str = "") -> Dict[str, Any]:
   """Compiles ``step`` for ``args`` and times ``steps`` calls after one untimed call.
 
   Args:
@@ -63,6 +63,8 @@ def time_step(step: Callable, args: Sequence[Any], steps: int,
     carry: ``carry(outputs, args) -> args`` for the next call (a step donates its state, so
       the next call must take the state it returned).
     lowered: ``step.lower(*args)`` if the caller already has it (to time tracing apart).
+    profile_dir: if set, 5 more calls are traced there and ``profile_kernels``' summary is
+      returned under ``"profile"``.
 
   Returns:
     ``compile_s``, ``step_ms_median``, ``step_ms_min``, XLA's ``flops`` and
@@ -83,6 +85,14 @@ def time_step(step: Callable, args: Sequence[Any], steps: int,
     times.append(time.perf_counter() - t)
     args = carry(out, args)
   times = times[1:]  # the first call includes one-off allocation
+  profile = None
+  if profile_dir and steps:
+    def call():
+      nonlocal args
+      out = compiled(*args)
+      jax.block_until_ready(out)
+      args = carry(out, args)
+    profile = profile_kernels(call, profile_dir, 5)
   mem = jax.devices()[0].memory_stats() or {}
   median = statistics.median(times) if times else None
   flops = cost.get("flops")
@@ -95,7 +105,49 @@ def time_step(step: Callable, args: Sequence[Any], steps: int,
   peak = next((v for k, v in PEAK_FLOPS.items() if k in kind), None)
   result["peak_fraction"] = (round(flops / median / peak, 4)
                              if flops and peak and times else None)
+  if profile is not None:
+    result["profile"] = profile
   return result
+
+
+def profile_kernels(run: Callable[[], Any], logdir: str, calls: int,
+                    top: int = 25) -> Dict[str, Any]:
+  """Traces ``calls`` calls of ``run`` with ``jax.profiler`` and sums the device's kernels.
+
+  Reads the trace's device planes (``/device:...``; the CPU backend has none, so there the
+  result is empty): per kernel name, its launches and total time per call, the ``top`` most
+  expensive first, and the kernels' summed time per call (``kernel_ms_per_call``) beside the
+  number of launches per call. Their gap to the step's wall time is launch and host overhead.
+  """
+  import glob  # pylint: disable=g-import-not-at-top
+  from jax.profiler import ProfileData  # pylint: disable=g-import-not-at-top
+  jax.profiler.start_trace(logdir)
+  try:
+    for _ in range(calls):
+      run()
+  finally:
+    jax.profiler.stop_trace()
+  paths = sorted(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True))
+  totals: Dict[str, list] = {}
+  lines = set()
+  if paths:
+    for plane in ProfileData.from_file(paths[-1]).planes:
+      if not plane.name.startswith("/device:"):
+        continue
+      for line in plane.lines:
+        lines.add(f"{plane.name}/{line.name}")
+        if "stream" not in line.name.lower():
+          continue
+        for ev in line.events:
+          t = totals.setdefault(ev.name, [0, 0.0])
+          t[0] += 1
+          t[1] += ev.duration_ns
+  rows = sorted(totals.items(), key=lambda kv: -kv[1][1])
+  return {"profiled_calls": calls, "device_lines": sorted(lines)[:20],
+          "kernel_launches_per_call": round(sum(v[0] for v in totals.values()) / calls, 1),
+          "kernel_ms_per_call": round(sum(v[1] for v in totals.values()) / calls / 1e6, 3),
+          "kernels": [{"name": k[:120], "n": v[0] // calls, "ms": round(v[1] / calls / 1e6, 3)}
+                      for k, v in rows[:top]]}
 
 
 def _random_batch(key, batch: int, shape, num_classes: int):
