@@ -92,6 +92,28 @@ def test_cell_equals_explicit_weighted_sum(op_set, n_inputs, n_nodes, reduction,
           sum(a.size for a in jax.tree.leaves(shapes["params"])))
 
 
+@pytest.mark.parametrize("scan_nodes,scan_inputs", [(True, False), (False, False), (True, True)])
+def test_init_keeps_initial_statistics_and_runs_no_forward_pass(scan_nodes, scan_inputs):
+  # As flax's BatchNorm (and PyTorch's running averages, which start at 0 and 1): init creates
+  # the statistics without updating them, so nothing init returns depends on the forward pass
+  # and JAX drops that pass from the compiled init.
+  c = 4
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, c)) * 3.0 + 1.0
+  weights = jnp.full((cell_lib.edge_count(2, 4), len(DARTS.ops)), 1.0 / len(DARTS.ops))
+  cell = cell_lib.SearchCell(DARTS, c, 2, 4, scan_nodes=scan_nodes, scan_inputs=scan_inputs)
+  variables = cell.init(jax.random.key(1), [x, x], weights)
+  stats = jax.tree_util.tree_flatten_with_path(variables["batch_stats"])[0]
+  assert len(stats) > 0
+  for path, a in stats:
+    name = jax.tree_util.keystr(path)
+    np.testing.assert_array_equal(a, 0.0 if name.endswith("['mean']") else 1.0, err_msg=name)
+  init_hlo = jax.jit(cell.init).lower(jax.random.key(1), [x, x], weights).as_text()
+  apply_hlo = jax.jit(lambda v: cell.apply(v, [x, x], weights, mutable=["batch_stats"])).lower(
+      variables).as_text()
+  assert "reduce_window" in apply_hlo  # the pools of the forward pass
+  assert "reduce_window" not in init_hlo
+
+
 def test_one_hot_weights_select_a_single_op():
   c = 4
   x = jax.random.normal(jax.random.key(0), (2, 8, 8, c))
