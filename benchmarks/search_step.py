@@ -59,6 +59,7 @@ def main():
   p.add_argument("--trace-only", action="store_true",
                  help="only trace and lower the step (on abstract state): trace_s, lower_s")
   a = p.parse_args()
+  compiler.no_triton_gemm()  # as every dnas command does (XLA's GPU compiler crashed with them)
   if a.xla_scheduler == "memory":
     compiler.low_memory_schedule()
   if a.cache:

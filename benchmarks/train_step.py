@@ -21,7 +21,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from dnas import bench, published, train_lib  # noqa: E402
+from dnas import bench, compiler, published, train_lib  # noqa: E402
 
 
 def main():
@@ -38,6 +38,7 @@ def main():
                  help="XLA CPU YNNPACK fusions (dnas.compiler; the retraining default: on)")
   p.add_argument("--label", default="")
   a = p.parse_args()
+  compiler.no_triton_gemm()  # as `dnas train` does
 
   c = train_lib.load_config(os.path.join(ROOT, "experiments", "train_cifar10.py"))
   c.model.channels, c.model.layers, c.data.batch_size = a.channels, a.layers, a.batch

@@ -41,6 +41,7 @@ import sys
 sys.path.insert(0, {repo!r})
 from dnas import compiler, train_lib
 compiler.low_memory_schedule()  # as `dnas search` does
+compiler.no_triton_gemm()
 c = train_lib.load_config({config!r}, "first_order")
 c.update_from_flattened_dict({overrides!r})
 train_lib.run_search(c, {workdir!r}, stop_after_steps={steps})

@@ -195,9 +195,12 @@ def run(argv: List[str]) -> int:
   except (AttributeError, KeyError) as e:
     # ml_collections raises these for an override of a key the config lacks.
     raise UsageError(_unknown_override(fv, argv, e)) from None
-  if rest[1:] in (["search"], ["bench", "search"]):
+  if rest[1:2] and rest[1] in ("search", "train", "bench"):
     from dnas import compiler  # pylint: disable=g-import-not-at-top
-    compiler.low_memory_schedule()  # before JAX starts its backends
+    # Process flags, set before JAX starts its backends.
+    if rest[1:] in (["search"], ["bench", "search"]):
+      compiler.low_memory_schedule()
+    compiler.no_triton_gemm()
   if len(rest) == 3 and rest[1] == "bench":
     return _bench(fv, rest[2])
   if len(rest) != 2 or rest[1] not in COMMANDS or rest[1] == "bench":

@@ -24,7 +24,9 @@ program, where they all stay live. Without it (``XLA_FLAGS``
 second order), and NAS-Bench-201's at batch 16 from 1.16 to 0.70 GB, with steps no slower
 (``benchmarks/RESULTS.md``). XLA reads this option from the process's flags only (as a
 per-compilation option it changes nothing), so ``low_memory_schedule`` sets it in ``XLA_FLAGS``
-before JAX starts its backends; ``dnas search`` and ``dnas bench search`` do so.
+before JAX starts its backends; ``dnas search`` and ``dnas bench search`` do so. Every command
+that compiles also turns XLA's Triton GEMM fusions off (``no_triton_gemm``): on a GPU they
+crashed XLA's compiler on the DARTS supernet.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ CPU_PRESETS = {
 DEFAULT_CPU_PRESET = "fast_compile"
 YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"  # "": no YNNPACK library fusions
 SCHEDULER_FLAG = "xla_cpu_enable_concurrency_optimized_scheduler"
+TRITON_GEMM_FLAG = "xla_gpu_enable_triton_gemm"
 
 
 @functools.lru_cache(maxsize=None)
@@ -95,6 +98,15 @@ def _backends_started() -> bool:
   return started is None or started()
 
 
+def _add_process_flag(name: str, value: str) -> bool:
+  """Appends ``--name=value`` to ``XLA_FLAGS`` unless it names ``name`` or JAX has started."""
+  flags = os.environ.get("XLA_FLAGS", "")
+  if name in flags or _backends_started():
+    return False
+  os.environ["XLA_FLAGS"] = f"{flags} --{name}={value}".strip()
+  return True
+
+
 def low_memory_schedule() -> bool:
   """Turns XLA's CPU concurrency-optimised scheduler off for this process (``XLA_FLAGS``).
 
@@ -105,8 +117,20 @@ def low_memory_schedule() -> bool:
   Returns:
     Whether the option was added to ``XLA_FLAGS``.
   """
-  flags = os.environ.get("XLA_FLAGS", "")
-  if SCHEDULER_FLAG in flags or _backends_started():
-    return False
-  os.environ["XLA_FLAGS"] = f"{flags} --{SCHEDULER_FLAG}=false".strip()
-  return True
+  return _add_process_flag(SCHEDULER_FLAG, "false")
+
+
+def no_triton_gemm() -> bool:
+  """Turns XLA's Triton matrix-multiplication fusions off on GPUs (``XLA_FLAGS``).
+
+  With them, XLA 0.11.2's GPU compiler aborted the process while compiling the DARTS supernet's
+  init at C=16, 8 cells on an H100 (``triton_tiling_propagation.cc``: "Check failed:
+  subdim_size_accumulator == dim_size (256 vs. 32)"); without them its matrix products go to
+  cuBLAS and the search compiled and ran (``benchmarks/RESULTS.md``). The same rules as
+  ``low_memory_schedule``: a user's ``XLA_FLAGS`` that names the option wins, and nothing
+  changes once JAX has started. The CPU backend ignores the option.
+
+  Returns:
+    Whether the option was added to ``XLA_FLAGS``.
+  """
+  return _add_process_flag(TRITON_GEMM_FLAG, "false")

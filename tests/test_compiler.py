@@ -107,8 +107,11 @@ def test_dnas_search_schedules_for_memory_unless_told_otherwise(tmp_path):
   search step's buffer plan; an ``XLA_FLAGS`` that names the option keeps the user's value."""
   default = _search_plan(tmp_path, None)
   concurrent = _search_plan(tmp_path, "--xla_cpu_enable_concurrency_optimized_scheduler=true")
-  assert default["xla_flags"] == "--xla_cpu_enable_concurrency_optimized_scheduler=false"
-  assert concurrent["xla_flags"] == "--xla_cpu_enable_concurrency_optimized_scheduler=true"
+  no_triton = "--xla_gpu_enable_triton_gemm=false"  # every compiling command sets it (GPUs)
+  assert default["xla_flags"] == (
+      f"--xla_cpu_enable_concurrency_optimized_scheduler=false {no_triton}")
+  assert concurrent["xla_flags"] == (
+      f"--xla_cpu_enable_concurrency_optimized_scheduler=true {no_triton}")
   assert default["temp_bytes"] < concurrent["temp_bytes"]
 
 
@@ -116,4 +119,5 @@ def test_low_memory_schedule_leaves_started_backends_alone(monkeypatch):
   jax.devices()  # XLA has read its flags: changing them now would only change cache keys
   monkeypatch.delenv("XLA_FLAGS", raising=False)
   assert not compiler.low_memory_schedule()
+  assert not compiler.no_triton_gemm()
   assert "XLA_FLAGS" not in os.environ
