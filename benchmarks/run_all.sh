@@ -2,7 +2,9 @@
 # Every benchmark configuration in one go, one JSON line each (progress lines start with #).
 # Usage: bash benchmarks/run_all.sh [cpu|gpu [PART ...]] > results.jsonl
 # `cpu` (default) sizes the runs for a small CPU box: paper-size searches compile only.
-# `gpu` runs parts 1 2 3 (each under 10 minutes on one H100); name parts to run only those.
+# `gpu` runs parts 1 to 5 (each meant to fit 10 minutes on one H100); name parts to run only
+# those. H100 (2026-11-24): a cold paper-size search step took over 4 minutes to initialise,
+# trace and compile with XLA's autotuner (benchmarks/RESULTS.md).
 # $PYTHON (default .venv/bin/python), $DNAS_CIFAR10 (the CIFAR-10 archive), $BENCH_TIMEOUT (s,
 # per run, default 900) and $BENCH_LOGS (a folder for each run's stderr) are read.
 set -uo pipefail
@@ -41,29 +43,38 @@ if [ "$MODE" = cpu ]; then
   run $PY benchmarks/warm_start.py --channels 8 --layers 5 --batch 8
 else
   shift
-  PARTS=${*:-1 2 3}
+  PARTS=${*:-1 2 3 4 5}
+  P=$(mktemp -d)
   for part in $PARTS; do
     case $part in
-      1)
-        run $S --batch 64 --order 1 --steps 50 --cache "$CACHE" --label paper_o1_b64
+      1)  # the target step, cold then warm, with a kernel profile (H100: ~4 min cold)
+        run $S --batch 64 --order 1 --steps 50 --cache "$CACHE" --profile "$P/o1" \
+            --label paper_o1_b64
         run $S --batch 64 --order 1 --steps 50 --cache "$CACHE" --label paper_o1_b64_warm
+        ;;
+      2)  # variants of the same step: shifted-sum depthwise convolution, no autotuning
+        DNAS_DEPTHWISE=shift run $S --batch 64 --order 1 --steps 50 --profile "$P/shift" \
+            --label paper_o1_b64_shift
+        XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0" \
+            run $S --batch 64 --order 1 --steps 20 --label paper_o1_b64_autotune0
+        ;;
+      3)
         run $S --batch 64 --order 2 --steps 50 --label paper_o2_b64
         run $S --batch 64 --order 2 --hessian finite_difference --steps 50 --label paper_o2_fd_b64
-        run $S --batch 256 --order 1 --steps 50 --label paper_o1_b256
         ;;
-      2)
+      4)
+        run $S --batch 256 --order 1 --steps 50 --label paper_o1_b256
         run $S --space nb201 --channels 16 --layers 5 --batch 64 --steps 50 --label nb201_o1_b64
         run $PY benchmarks/train_step.py --batch 96 --steps 50
         run $S --batch 256 --order 2 --steps 20 --label paper_o2_b256
-        DNAS_DEPTHWISE=shift run $S --batch 64 --order 1 --steps 50 --label paper_o1_b64_shift
         ;;
-      3)
+      5)
         run $PY benchmarks/warm_start.py --channels 16 --layers 8 --batch 64
         run $PY benchmarks/data_pipeline.py
         run $PY benchmarks/stream_pipeline.py --workers 4,8,16
         ;;
-      *) echo "unknown part $part (1, 2 or 3)" >&2; exit 2 ;;
+      *) echo "unknown part $part (1 to 5)" >&2; exit 2 ;;
     esac
   done
 fi
-rm -rf "$CACHE"
+rm -rf "$CACHE" "${P:-}"
