@@ -476,6 +476,9 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
     ``{"genotype": ..., "step": ..., "val_acc": ...}``; a run stopped early (checkpointed),
     ``{"step": ..., "stopped": True, "signal": ...}`` (the signal's number, or None).
   """
+  # XLA's process flags, as `dnas search` sets them: effective only if JAX has not started.
+  compiler.low_memory_schedule()
+  compiler.no_triton_gemm()
   c = config
   validate_search_config(c)
   os.makedirs(workdir, exist_ok=True)
@@ -881,6 +884,7 @@ def run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
   number, or None).
   """
   from dnas import retrain  # pylint: disable=g-import-not-at-top
+  compiler.no_triton_gemm()  # as `dnas train` sets it: effective only if JAX has not started
   c = config
   validate_train_config(c, genotype)
   os.makedirs(workdir, exist_ok=True)

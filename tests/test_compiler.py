@@ -121,3 +121,38 @@ def test_low_memory_schedule_leaves_started_backends_alone(monkeypatch):
   assert not compiler.low_memory_schedule()
   assert not compiler.no_triton_gemm()
   assert "XLA_FLAGS" not in os.environ
+
+
+# A script that calls run_search / run_train itself (not through the `dnas` command).
+_SCRIPT_FLAGS = """
+import json, os, sys
+from dnas import train_lib
+c = train_lib.load_config(sys.argv[1], "smoke")
+c.data.path = os.path.join(sys.argv[2], "missing.tar.gz")  # fails once the run starts loading
+if sys.argv[3] == "started":
+  import jax
+  jax.devices()
+try:
+  train_lib.run_search(c, os.path.join(sys.argv[2], "run"))
+except Exception as e:  # the missing archive
+  error = type(e).__name__
+print(json.dumps({"xla_flags": os.environ.get("XLA_FLAGS", ""), "error": error}))
+"""
+
+
+@pytest.mark.parametrize("when", ["fresh", "started"])
+def test_run_search_sets_the_process_flags_before_jax_starts(tmp_path, when):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["JAX_PLATFORMS"] = "cpu"
+  tests = os.path.dirname(os.path.abspath(__file__))
+  config = os.path.join(os.path.dirname(tests), "experiments", "darts_cifar10.py")
+  r = subprocess.run([sys.executable, "-c", _SCRIPT_FLAGS, config, str(tmp_path), when],
+                     env=env, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  out = json.loads(r.stdout.strip().splitlines()[-1])
+  assert out["error"] == "DataError"
+  if when == "fresh":
+    assert out["xla_flags"] == ("--xla_cpu_enable_concurrency_optimized_scheduler=false "
+                                "--xla_gpu_enable_triton_gemm=false")
+  else:  # XLA has read its flags: run_search leaves them alone
+    assert out["xla_flags"] == ""
