@@ -181,8 +181,9 @@ def validate_search_config(c: ml_collections.ConfigDict) -> None:
     _int(c, "model.layers", 3, " (the DARTS space needs two reductions and a normal cell)")
   else:
     _int(c, "model.layers", 1)
-  if "scan_inputs" in c.model:
-    _type(c, "model.scan_inputs", bool, "True or False")
+  for key in ("scan_inputs", "remat"):
+    if key in c.model:
+      _type(c, f"model.{key}", bool, "True or False")
   order = _int(c, "search.order", 1)
   _check(order <= 2, "search.order", f"must be 1 or 2, got {order}")
   _choice(c, "search.hessian", ("exact", "finite_difference"))
@@ -260,13 +261,15 @@ def search_weight_optimizer(c: ml_collections.ConfigDict, total_steps: int):
 def build_search_model(c: ml_collections.ConfigDict, num_classes: int):
   op_set = OP_SETS[c.model.op_set]
   scan_inputs = c.model.get("scan_inputs", False)
+  remat = c.model.get("remat", True)
   if c.model.space == "darts":
     return DartsSearchNet(num_classes=num_classes, channels=c.model.channels,
                           layers=c.model.layers, nodes=c.model.nodes,
-                          multiplier=c.model.nodes, op_set=op_set, scan_inputs=scan_inputs)
+                          multiplier=c.model.nodes, op_set=op_set, scan_inputs=scan_inputs,
+                          remat=remat)
   return NB201SearchNet(num_classes=num_classes, channels=c.model.channels,
                         cells_per_stage=c.model.layers, nodes=c.model.nodes, op_set=op_set,
-                        scan_inputs=scan_inputs)
+                        scan_inputs=scan_inputs, remat=remat)
 
 
 class _Progress:

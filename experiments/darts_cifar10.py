@@ -46,6 +46,9 @@ def get_config(variant: str = "first_order") -> ml_collections.ConfigDict:
   # True: a normal cell's input edges join its node scan; compiles ~20 % faster, steps
   # 9-27 % slower with ~28 % more memory (benchmarks/RESULTS.md). Off for real searches.
   c.model.scan_inputs = False
+  # True: the backward pass recomputes each candidate op from its input instead of keeping its
+  # insides: same results, less memory (benchmarks/RESULTS.md, "Recomputing the ops").
+  c.model.remat = True
 
   c.search = ml_collections.ConfigDict()
   c.search.order = 1

@@ -54,6 +54,9 @@ def get_config(variant: str = "first_order") -> ml_collections.ConfigDict:
   c.model.layers = 5        # cells per stage (N)
   c.model.nodes = 3
   c.model.scan_inputs = False  # True: faster compile, slower step (see darts_cifar10.py)
+  # True: the backward pass recomputes each candidate op from its input instead of keeping its
+  # insides: same results, less memory (benchmarks/RESULTS.md, "Recomputing the ops").
+  c.model.remat = True
 
   c.search = ml_collections.ConfigDict()
   c.search.order = 1

@@ -122,6 +122,7 @@ class MixedEdges(nn.Module):
   affine: bool = False
   train: bool = True
   shared_input: bool = False
+  remat: bool = True
 
   @nn.compact
   def __call__(self, xs, mix):
@@ -136,6 +137,8 @@ class MixedEdges(nn.Module):
         edge_op, x = _VmappedEdgeOp, jnp.broadcast_to(xs, (n_edges,) + xs.shape)
       else:
         edge_op, x = _VmappedEdgeOp, xs
+      if self.remat:
+        edge_op = nn.remat(edge_op)
       y = edge_op(op, self.channels, self.stride, self.affine,
                   op in self.op_set.bn_after, self.train, name=op)(x)
       term = jnp.einsum("ed,ebhwc->dbhwc", mix[:, k, :].astype(y.dtype), y)
@@ -204,6 +207,7 @@ class NodeEdges(nn.Module):
   affine: bool = False
   train: bool = True
   from_inputs: bool = False
+  remat: bool = True
 
   @nn.compact
   def __call__(self, states, weights):
@@ -251,6 +255,8 @@ class NodeEdges(nn.Module):
     params = {op: {c: (x if c == "params" else x.value) for c, x in v.items()}
               for op, v in variables.items()}
 
+    remat = jax.checkpoint if self.remat else (lambda f: f)
+
     def body(states, xs):
       src, rows, w, r = xs
       x = jax.lax.dynamic_index_in_dim(states, src, 0, keepdims=False)
@@ -263,11 +269,11 @@ class NodeEdges(nn.Module):
         else:
           xin, axes = jnp.broadcast_to(x, (slots,) + x.shape), (0, 0)
         if update_stats and "batch_stats" in v:
-          y, upd = jax.vmap(lambda v, x: module.apply(v, x, mutable=["batch_stats"]),
+          y, upd = jax.vmap(remat(lambda v, x: module.apply(v, x, mutable=["batch_stats"])),
                             in_axes=axes, axis_size=slots)(v, xin)
           new_stats[op] = upd["batch_stats"]
         else:
-          y = jax.vmap(module.apply, in_axes=axes, axis_size=slots)(v, xin)
+          y = jax.vmap(remat(module.apply), in_axes=axes, axis_size=slots)(v, xin)
         term = w[:, k, None, None, None, None].astype(y.dtype) * y
         total = term if total is None else total + term
       if total is not None:
@@ -305,6 +311,9 @@ class SearchCell(nn.Module):
       when they have stride 1 (not in a reduction cell): XLA compiles the ops once per cell
       instead of twice, for ``n_nodes`` slots per input instead of one vmapped group (a DARTS
       cell evaluates 20 edges instead of 17; 14 are real). Same results and parameter count.
+    remat: the backward pass recomputes each candidate op's inside from the op's input
+      (``jax.checkpoint`` around every op) instead of keeping it: same results, about 20 % more
+      FLOPs, and far less memory (benchmarks/RESULTS.md).
   """
   op_set: OpSet
   channels: int
@@ -315,6 +324,7 @@ class SearchCell(nn.Module):
   train: bool = True
   scan_nodes: bool = True
   scan_inputs: bool = False
+  remat: bool = True
 
   @nn.compact
   def __call__(self, inputs: Sequence[jnp.ndarray], weights: jnp.ndarray) -> List[jnp.ndarray]:
@@ -328,7 +338,7 @@ class SearchCell(nn.Module):
     if self.scan_nodes and self.scan_inputs and not self.reduction:
       zeros = jnp.zeros((self.n_nodes,) + inputs[0].shape, inputs[0].dtype)
       out = NodeEdges(self.op_set, self.channels, self.n_inputs, self.n_nodes, self.affine,
-                      self.train, from_inputs=True, name="edges")(
+                      self.train, from_inputs=True, remat=self.remat, name="edges")(
                           jnp.concatenate([jnp.stack(states), zeros]), weights)
       return list(out)
     partial = [None] * self.n_nodes
@@ -336,7 +346,7 @@ class SearchCell(nn.Module):
     if self.scan_nodes and self.n_nodes > 1:
       out = self._group(states, groups[0], 0, weights)  # destinations: every node, in order
       out = NodeEdges(self.op_set, self.channels, self.n_inputs, self.n_nodes, self.affine,
-                      self.train, name="edges_from_nodes")(out, weights)
+                      self.train, remat=self.remat, name="edges_from_nodes")(out, weights)
       return list(out)
     for g, group in enumerate(groups):
       sources, edges = group
@@ -361,4 +371,4 @@ class SearchCell(nn.Module):
     mix = weights[rows][:, :, None] * route[:, None, :]
     stride = 2 if (self.reduction and g == 0) else 1
     return MixedEdges(self.op_set, self.channels, stride, self.affine, self.train, shared,
-                      name=f"edges_from_{'inputs' if g == 0 else f'node{g - 1}'}")(xs, mix)
+                      self.remat, name=f"edges_from_{'inputs' if g == 0 else f'node{g - 1}'}")(xs, mix)
