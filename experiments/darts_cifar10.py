@@ -43,8 +43,8 @@ def get_config(variant: str = "first_order") -> ml_collections.ConfigDict:
   c.model.channels = 16
   c.model.layers = 8
   c.model.nodes = 4
-  # True: a normal cell's input edges join its node scan; compiles ~20 % faster, steps
-  # 9-27 % slower with ~28 % more memory (benchmarks/RESULTS.md). Off for real searches.
+  # True: a normal cell's input edges join its node scan; compiles 16-18 % faster (paper size
+  # 52.7 s against 64.0 s on a 2-core CPU), steps about 16 % slower (benchmarks/RESULTS.md).
   c.model.scan_inputs = False
   # True: the backward pass recomputes each candidate op from its input instead of keeping its
   # insides: same results, less memory (benchmarks/RESULTS.md, "Recomputing the ops").
