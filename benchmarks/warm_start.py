@@ -39,9 +39,7 @@ DEFAULT_PATH = os.path.join(REPO, "..", "shared", "data", "cifar10-jpeg.tar.gz")
 CHILD = """
 import sys
 sys.path.insert(0, {repo!r})
-from dnas import compiler, train_lib
-compiler.low_memory_schedule()  # as `dnas search` does
-compiler.no_triton_gemm()
+from dnas import train_lib  # run_search sets XLA's process flags as `dnas search` does
 c = train_lib.load_config({config!r}, "first_order")
 c.update_from_flattened_dict({overrides!r})
 train_lib.run_search(c, {workdir!r}, stop_after_steps={steps})

@@ -370,5 +370,6 @@ class SearchCell(nn.Module):
     xs = states[sources[0]] if shared else jnp.stack([states[s] for s, _ in edges])
     mix = weights[rows][:, :, None] * route[:, None, :]
     stride = 2 if (self.reduction and g == 0) else 1
+    name = f"edges_from_{'inputs' if g == 0 else f'node{g - 1}'}"
     return MixedEdges(self.op_set, self.channels, stride, self.affine, self.train, shared,
-                      self.remat, name=f"edges_from_{'inputs' if g == 0 else f'node{g - 1}'}")(xs, mix)
+                      self.remat, name=name)(xs, mix)
