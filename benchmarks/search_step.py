@@ -58,6 +58,8 @@ def main():
                       "kernels (one more JSON line)")
   p.add_argument("--no-remat", action="store_true",
                  help="keep each op's insides for the backward pass instead of recomputing them")
+  p.add_argument("--pack", action="store_true",
+                 help="pack the node scans' edges by destination (model.pack)")
   p.add_argument("--trace-only", action="store_true",
                  help="only trace and lower the step (on abstract state): trace_s, lower_s")
   a = p.parse_args()
@@ -71,11 +73,11 @@ def main():
   if a.space == "darts":
     model = DartsSearchNet(channels=a.channels, layers=a.layers, nodes=a.nodes,
                            multiplier=a.nodes, scan_nodes=not a.unroll_nodes,
-                           scan_inputs=a.scan_inputs, remat=not a.no_remat)
+                           scan_inputs=a.scan_inputs, remat=not a.no_remat, pack=a.pack)
   else:
     model = NB201SearchNet(channels=a.channels, cells_per_stage=a.layers,
                            scan_nodes=not a.unroll_nodes, scan_inputs=a.scan_inputs,
-                           remat=not a.no_remat)
+                           remat=not a.no_remat, pack=a.pack)
   weight_tx, schedule = search.darts_weight_optimizer(total_steps=1000)
   strategy = darts(order=a.order, hessian=a.hessian, learning_rate=schedule)
   arch_tx = search.darts_arch_optimizer()
@@ -98,7 +100,7 @@ def main():
         "benchmark": "search_step_trace", "label": a.label, **bench.device_info(),
         "space": a.space, "channels": a.channels, "layers": a.layers, "nodes": a.nodes,
         "batch": a.batch, "order": a.order, "hessian": a.hessian, "scan_inputs": a.scan_inputs,
-        "trace_s": round(trace_s, 2), "lower_s": round(time.perf_counter() - t, 2),
+        "pack": a.pack, "trace_s": round(trace_s, 2), "lower_s": round(time.perf_counter() - t, 2),
         "jaxpr_eqns": len(traced.jaxpr.eqns)}), flush=True)
     return
 
@@ -119,7 +121,7 @@ def main():
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "space": a.space, "channels": a.channels, "layers": a.layers, "nodes": a.nodes,
       "batch": a.batch, "order": a.order, "hessian": a.hessian, "scan_nodes": not a.unroll_nodes,
-      "scan_inputs": a.scan_inputs, "remat": not a.no_remat,
+      "scan_inputs": a.scan_inputs, "remat": not a.no_remat, "pack": a.pack,
       "depthwise": layers._depthwise_impl(),  # pylint: disable=protected-access
       "compiler_options": compiler.options(a.cpu_preset, ynn),
       "init_s": round(init_s, 2), "trace_s": round(trace_s, 2), **r,

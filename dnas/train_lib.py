@@ -181,7 +181,7 @@ def validate_search_config(c: ml_collections.ConfigDict) -> None:
     _int(c, "model.layers", 3, " (the DARTS space needs two reductions and a normal cell)")
   else:
     _int(c, "model.layers", 1)
-  for key in ("scan_inputs", "remat"):
+  for key in ("scan_inputs", "remat", "pack"):
     if key in c.model:
       _type(c, f"model.{key}", bool, "True or False")
   order = _int(c, "search.order", 1)
@@ -262,14 +262,15 @@ def build_search_model(c: ml_collections.ConfigDict, num_classes: int):
   op_set = OP_SETS[c.model.op_set]
   scan_inputs = c.model.get("scan_inputs", False)
   remat = c.model.get("remat", True)
+  pack = c.model.get("pack", False)
   if c.model.space == "darts":
     return DartsSearchNet(num_classes=num_classes, channels=c.model.channels,
                           layers=c.model.layers, nodes=c.model.nodes,
                           multiplier=c.model.nodes, op_set=op_set, scan_inputs=scan_inputs,
-                          remat=remat)
+                          remat=remat, pack=pack)
   return NB201SearchNet(num_classes=num_classes, channels=c.model.channels,
                         cells_per_stage=c.model.layers, nodes=c.model.nodes, op_set=op_set,
-                        scan_inputs=scan_inputs, remat=remat)
+                        scan_inputs=scan_inputs, remat=remat, pack=pack)
 
 
 class _Progress:

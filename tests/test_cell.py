@@ -57,18 +57,52 @@ def _explicit_cell(op_set, params, batch_stats, inputs, weights, n_inputs, n_nod
   return states[n_inputs:], new_stats
 
 
-@pytest.mark.parametrize("scan_nodes,scan_inputs", [(True, False), (False, False), (True, True)])
+LAYOUTS = [(True, False, False), (False, False, False), (True, True, False), (True, False, True),
+           (True, True, True)]  # (scan_nodes, scan_inputs, pack)
+
+
+@pytest.mark.parametrize("n_inputs,n_nodes,from_inputs", [
+    (2, 4, True), (2, 4, False), (1, 3, True), (1, 3, False), (2, 2, True), (2, 5, True),
+    (2, 1, True), (3, 3, False)])
+def test_packed_schedule_runs_every_edge_once_after_its_source_is_complete(n_inputs, n_nodes,
+                                                                         from_inputs):
+  real = cell_lib.scan_edges(n_inputs, n_nodes, from_inputs)
+  for pack in (False, True):
+    schedule = cell_lib.scan_schedule(n_inputs, n_nodes, from_inputs, pack)
+    ran = [e for edges in schedule for e in edges]
+    assert sorted(ran) == sorted(real)
+    when = {e: it for it, edges in enumerate(schedule) for e in edges}
+    for (s, j), it in when.items():
+      if s >= n_inputs:  # a node: every edge into it ran in an earlier iteration
+        assert all(when[e] < it for e in real if e[1] == s - n_inputs), (pack, s, j)
+  packed = cell_lib.scan_schedule(n_inputs, n_nodes, from_inputs, True)
+  unpacked = cell_lib.scan_schedule(n_inputs, n_nodes, from_inputs, False)
+  slots = lambda sch: len(sch) * max(len(edges) for edges in sch)
+  assert slots(packed) <= slots(unpacked)
+
+
+def test_packed_schedule_of_the_darts_cell_wastes_no_slot():
+  # A normal cell with its input edges: 7 iterations x 2 slots for 14 edges (20 unpacked).
+  packed = cell_lib.scan_schedule(2, 4, True, pack=True)
+  assert [len(edges) for edges in packed] == [2] * 7
+  assert len(cell_lib.scan_schedule(2, 4, True, pack=False)) * 4 == 20
+  # The 6 edges between nodes: 3 x 2 slots (3 x 3 unpacked).
+  assert [len(edges) for edges in cell_lib.scan_schedule(2, 4, False, pack=True)] == [2, 2, 2]
+  assert [len(e) for e in cell_lib.scan_schedule(2, 4, False, pack=False)] == [3, 2, 1]
+
+
+@pytest.mark.parametrize("scan_nodes,scan_inputs,pack", LAYOUTS)
 @pytest.mark.parametrize("op_set,n_inputs,n_nodes,reduction", [
     (DARTS, 2, 4, False), (DARTS, 2, 4, True), (NB201, 1, 3, False), (DARTS, 2, 2, True)])
 def test_cell_equals_explicit_weighted_sum(op_set, n_inputs, n_nodes, reduction, scan_nodes,
-                                           scan_inputs):
+                                           scan_inputs, pack):
   c = 4
   keys = jax.random.split(jax.random.key(0), n_inputs + 2)
   inputs = [jax.random.normal(keys[i], (2, 8, 8, c)) for i in range(n_inputs)]
   n_edges = cell_lib.edge_count(n_inputs, n_nodes)
   weights = jax.nn.softmax(jax.random.normal(keys[-1], (n_edges, len(op_set.ops))), -1)
   cell = cell_lib.SearchCell(op_set, c, n_inputs, n_nodes, reduction=reduction,
-                             scan_nodes=scan_nodes, scan_inputs=scan_inputs)
+                             scan_nodes=scan_nodes, scan_inputs=scan_inputs, pack=pack)
   variables = cell.init(keys[-2], inputs, weights)
   got, updated = cell.apply(variables, inputs, weights, mutable=["batch_stats"])
   want, want_stats = _explicit_cell(op_set, variables["params"], variables["batch_stats"],
@@ -94,15 +128,16 @@ def test_cell_equals_explicit_weighted_sum(op_set, n_inputs, n_nodes, reduction,
           sum(a.size for a in jax.tree.leaves(shapes["params"])))
 
 
-@pytest.mark.parametrize("scan_nodes,scan_inputs", [(True, False), (False, False), (True, True)])
-def test_init_keeps_initial_statistics_and_runs_no_forward_pass(scan_nodes, scan_inputs):
+@pytest.mark.parametrize("scan_nodes,scan_inputs,pack", LAYOUTS)
+def test_init_keeps_initial_statistics_and_runs_no_forward_pass(scan_nodes, scan_inputs, pack):
   # As flax's BatchNorm (and PyTorch's running averages, which start at 0 and 1): init creates
   # the statistics without updating them, so nothing init returns depends on the forward pass
   # and JAX drops that pass from the compiled init.
   c = 4
   x = jax.random.normal(jax.random.key(0), (2, 8, 8, c)) * 3.0 + 1.0
   weights = jnp.full((cell_lib.edge_count(2, 4), len(DARTS.ops)), 1.0 / len(DARTS.ops))
-  cell = cell_lib.SearchCell(DARTS, c, 2, 4, scan_nodes=scan_nodes, scan_inputs=scan_inputs)
+  cell = cell_lib.SearchCell(DARTS, c, 2, 4, scan_nodes=scan_nodes, scan_inputs=scan_inputs,
+                             pack=pack)
   variables = cell.init(jax.random.key(1), [x, x], weights)
   stats = jax.tree_util.tree_flatten_with_path(variables["batch_stats"])[0]
   assert len(stats) > 0
@@ -116,14 +151,14 @@ def test_init_keeps_initial_statistics_and_runs_no_forward_pass(scan_nodes, scan
   assert "reduce_window" not in init_hlo
 
 
-@pytest.mark.parametrize("scan_nodes,scan_inputs", [(True, False), (False, False), (True, True)])
-def test_recomputing_the_ops_changes_no_gradient_and_saves_memory(scan_nodes, scan_inputs):
+@pytest.mark.parametrize("scan_nodes,scan_inputs,pack", LAYOUTS)
+def test_recomputing_the_ops_changes_no_gradient_and_saves_memory(scan_nodes, scan_inputs, pack):
   c = 4
   keys = jax.random.split(jax.random.key(0), 4)
   inputs = [jax.random.normal(keys[i], (8, 8, 8, c)) for i in range(2)]
   weights = jax.nn.softmax(jax.random.normal(keys[2], (cell_lib.edge_count(2, 4), 8)), -1)
   cells = {r: cell_lib.SearchCell(DARTS, c, 2, 4, scan_nodes=scan_nodes, scan_inputs=scan_inputs,
-                                  remat=r) for r in (False, True)}
+                                  remat=r, pack=pack) for r in (False, True)}
   variables = cells[False].init(keys[3], inputs, weights)
 
   def loss(remat, params, inputs, weights):
@@ -171,8 +206,13 @@ def test_cell_with_shifted_depthwise_equals_explicit_sum(monkeypatch):
   monkeypatch.setenv("DNAS_DEPTHWISE", "shift")
   assert not cell_lib._reads_shared_input("sep_conv_3x3")
   assert cell_lib._reads_shared_input("max_pool_3x3")
-  test_cell_equals_explicit_weighted_sum(DARTS, 1, 3, False, scan_nodes=True, scan_inputs=False)
-  test_cell_equals_explicit_weighted_sum(DARTS, 1, 3, False, scan_nodes=True, scan_inputs=True)
+  test_cell_equals_explicit_weighted_sum(DARTS, 1, 3, False, scan_nodes=True, scan_inputs=False,
+                                         pack=False)
+  test_cell_equals_explicit_weighted_sum(DARTS, 1, 3, False, scan_nodes=True, scan_inputs=True,
+                                         pack=False)
+  # Packed: slots of one iteration read different sources, every op gets its own input.
+  test_cell_equals_explicit_weighted_sum(DARTS, 1, 3, False, scan_nodes=True, scan_inputs=True,
+                                         pack=True)
 
 
 def test_a_users_depthwise_op_takes_the_path_its_registration_asks_for(monkeypatch):
@@ -187,6 +227,7 @@ def test_a_users_depthwise_op_takes_the_path_its_registration_asks_for(monkeypat
     assert cell_lib._reads_shared_input("my_sep_without_hint")
     ops = OpSet("mine", ("none", "my_sep", "my_sep_without_hint", "max_pool_3x3"),
                 bn_after=("max_pool_3x3",))
-    test_cell_equals_explicit_weighted_sum(ops, 1, 3, False, scan_nodes=True, scan_inputs=False)
+    test_cell_equals_explicit_weighted_sum(ops, 1, 3, False, scan_nodes=True, scan_inputs=False,
+                                         pack=False)
   monkeypatch.setenv("DNAS_DEPTHWISE", "conv")  # the native form: every op reads it unbatched
   assert cell_lib._reads_shared_input("sep_conv_3x3")

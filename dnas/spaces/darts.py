@@ -47,6 +47,7 @@ class DartsSearchNet(nn.Module):
   scan_nodes: bool = True  # see SearchCell
   scan_inputs: bool = False  # see SearchCell (normal cells only)
   remat: bool = True  # see SearchCell
+  pack: bool = False  # see SearchCell
 
   def arch_shapes(self) -> Dict[str, Tuple[int, int]]:
     shape = (cell_lib.edge_count(2, self.nodes), len(self.op_set.ops))
@@ -79,7 +80,7 @@ class DartsSearchNet(nn.Module):
       nodes = cell_lib.SearchCell(
           self.op_set, c, n_inputs=2, n_nodes=self.nodes, reduction=reduction,
           affine=self.affine, train=train, scan_nodes=self.scan_nodes,
-          scan_inputs=self.scan_inputs, remat=self.remat, name=f"cell{i}")(
+          scan_inputs=self.scan_inputs, remat=self.remat, pack=self.pack, name=f"cell{i}")(
               [p0, p1], op_weights["reduce" if reduction else "normal"])
       s0, s1 = s1, jnp.concatenate(nodes[-self.multiplier:], axis=-1)
       reduction_prev = reduction

@@ -47,13 +47,14 @@ class _CellLayer(nn.Module):
   scan_nodes: bool
   scan_inputs: bool
   remat: bool
+  pack: bool
 
   @nn.compact
   def __call__(self, x, weights):
     nodes = cell_lib.SearchCell(self.op_set, self.channels, n_inputs=1, n_nodes=self.nodes,
                                 affine=self.affine, train=self.train,
                                 scan_nodes=self.scan_nodes, scan_inputs=self.scan_inputs,
-                                remat=self.remat, name="cell")([x], weights)
+                                remat=self.remat, pack=self.pack, name="cell")([x], weights)
     return nodes[-1], None
 
 
@@ -74,6 +75,7 @@ class NB201SearchNet(nn.Module):
   scan_inputs: bool = False  # see SearchCell
   scan_cells: bool = True
   remat: bool = True  # see SearchCell
+  pack: bool = False  # see SearchCell
 
   def arch_shapes(self) -> Dict[str, Tuple[int, int]]:
     return {"cell": (cell_lib.edge_count(1, self.nodes), len(self.op_set.ops))}
@@ -97,7 +99,7 @@ class NB201SearchNet(nn.Module):
                         split_rngs={"params": True}, in_axes=nn.broadcast,
                         length=self.cells_per_stage)
         x, _ = cells(self.op_set, c, self.nodes, self.affine, train, self.scan_nodes,
-                     self.scan_inputs, self.remat, name=f"stage{stage}_cells")(
+                     self.scan_inputs, self.remat, self.pack, name=f"stage{stage}_cells")(
                          x, op_weights["cell"])
         continue
       for i in range(self.cells_per_stage):
@@ -105,6 +107,7 @@ class NB201SearchNet(nn.Module):
                                     affine=self.affine, train=train,
                                     scan_nodes=self.scan_nodes,
                                     scan_inputs=self.scan_inputs, remat=self.remat,
+                                    pack=self.pack,
                                     name=f"stage{stage}_cell{i}")([x], op_weights["cell"])
         x = nodes[-1]
     x = nn.relu(layers.batch_norm(train, affine=True, name="lastact")(x))
