@@ -51,15 +51,17 @@ def main():
   p.add_argument("--label", default="")
   p.add_argument("--unroll-nodes", action="store_true",
                  help="one op group per source node instead of the scan over node-to-node edges")
-  p.add_argument("--scan-inputs", action="store_true",
-                 help="run a cell's stride-1 input edges in its node scan (ops compiled once)")
+  p.add_argument("--scan-inputs", action=argparse.BooleanOptionalAction, default=None,
+                 help="run a cell's stride-1 input edges in its node scan (ops compiled once); "
+                      "default: the supernet's")
   p.add_argument("--profile", default="",
                  help="a folder: also trace 5 steps with jax.profiler and print the device's "
                       "kernels (one more JSON line)")
   p.add_argument("--no-remat", action="store_true",
                  help="keep each op's insides for the backward pass instead of recomputing them")
-  p.add_argument("--pack", action="store_true",
-                 help="pack the node scans' edges by destination (model.pack)")
+  p.add_argument("--pack", action=argparse.BooleanOptionalAction, default=None,
+                 help="pack the node scans' edges by destination (model.pack); default: the "
+                      "supernet's")
   p.add_argument("--trace-only", action="store_true",
                  help="only trace and lower the step (on abstract state): trace_s, lower_s")
   a = p.parse_args()
@@ -70,14 +72,14 @@ def main():
     jax.config.update("jax_compilation_cache_dir", a.cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
+  layout = {k: v for k, v in (("scan_inputs", a.scan_inputs), ("pack", a.pack)) if v is not None}
   if a.space == "darts":
     model = DartsSearchNet(channels=a.channels, layers=a.layers, nodes=a.nodes,
                            multiplier=a.nodes, scan_nodes=not a.unroll_nodes,
-                           scan_inputs=a.scan_inputs, remat=not a.no_remat, pack=a.pack)
+                           remat=not a.no_remat, **layout)
   else:
     model = NB201SearchNet(channels=a.channels, cells_per_stage=a.layers,
-                           scan_nodes=not a.unroll_nodes, scan_inputs=a.scan_inputs,
-                           remat=not a.no_remat, pack=a.pack)
+                           scan_nodes=not a.unroll_nodes, remat=not a.no_remat, **layout)
   weight_tx, schedule = search.darts_weight_optimizer(total_steps=1000)
   strategy = darts(order=a.order, hessian=a.hessian, learning_rate=schedule)
   arch_tx = search.darts_arch_optimizer()
@@ -99,8 +101,9 @@ def main():
     print(json.dumps({
         "benchmark": "search_step_trace", "label": a.label, **bench.device_info(),
         "space": a.space, "channels": a.channels, "layers": a.layers, "nodes": a.nodes,
-        "batch": a.batch, "order": a.order, "hessian": a.hessian, "scan_inputs": a.scan_inputs,
-        "pack": a.pack, "trace_s": round(trace_s, 2), "lower_s": round(time.perf_counter() - t, 2),
+        "batch": a.batch, "order": a.order, "hessian": a.hessian,
+        "scan_inputs": model.scan_inputs, "pack": model.pack, "trace_s": round(trace_s, 2),
+        "lower_s": round(time.perf_counter() - t, 2),
         "jaxpr_eqns": len(traced.jaxpr.eqns)}), flush=True)
     return
 
@@ -121,7 +124,7 @@ def main():
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "space": a.space, "channels": a.channels, "layers": a.layers, "nodes": a.nodes,
       "batch": a.batch, "order": a.order, "hessian": a.hessian, "scan_nodes": not a.unroll_nodes,
-      "scan_inputs": a.scan_inputs, "remat": not a.no_remat, "pack": a.pack,
+      "scan_inputs": model.scan_inputs, "remat": not a.no_remat, "pack": model.pack,
       "depthwise": layers._depthwise_impl(),  # pylint: disable=protected-access
       "compiler_options": compiler.options(a.cpu_preset, ynn),
       "init_s": round(init_s, 2), "trace_s": round(trace_s, 2), **r,

@@ -260,17 +260,15 @@ def search_weight_optimizer(c: ml_collections.ConfigDict, total_steps: int):
 
 def build_search_model(c: ml_collections.ConfigDict, num_classes: int):
   op_set = OP_SETS[c.model.op_set]
-  scan_inputs = c.model.get("scan_inputs", False)
-  remat = c.model.get("remat", True)
-  pack = c.model.get("pack", False)
+  # Layout switches a config leaves out take the supernet's defaults.
+  layout = {k: c.model[k] for k in ("scan_inputs", "remat", "pack") if k in c.model}
   if c.model.space == "darts":
     return DartsSearchNet(num_classes=num_classes, channels=c.model.channels,
                           layers=c.model.layers, nodes=c.model.nodes,
-                          multiplier=c.model.nodes, op_set=op_set, scan_inputs=scan_inputs,
-                          remat=remat, pack=pack)
+                          multiplier=c.model.nodes, op_set=op_set, **layout)
   return NB201SearchNet(num_classes=num_classes, channels=c.model.channels,
                         cells_per_stage=c.model.layers, nodes=c.model.nodes, op_set=op_set,
-                        scan_inputs=scan_inputs, remat=remat, pack=pack)
+                        **layout)
 
 
 class _Progress:

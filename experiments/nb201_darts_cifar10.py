@@ -53,7 +53,10 @@ def get_config(variant: str = "first_order") -> ml_collections.ConfigDict:
   c.model.channels = 16
   c.model.layers = 5        # cells per stage (N)
   c.model.nodes = 3
-  c.model.scan_inputs = False  # True: faster compile, slower step (see darts_cifar10.py)
+  # True: faster compile, slower step here: the input edges lose their shared input
+  # (benchmarks/RESULTS.md, "Packing the node scans").
+  c.model.scan_inputs = False
+  c.model.pack = True  # the edges between nodes: 3 iterations of 1 instead of 2 of 2
   # True: the backward pass recomputes each candidate op from its input instead of keeping its
   # insides: same results, less memory (benchmarks/RESULTS.md, "Recomputing the ops").
   c.model.remat = True

@@ -208,11 +208,12 @@ def test_resume_under_another_config_is_refused_before_anything_is_written(
   before = _files(work)
   assert "checkpoint.msgpack" in before and "config.json" in before
   changed = c.copy_and_resolve_references()
-  changed.search.learning_rate, changed.model.scan_inputs = 0.05, True
+  assert c.model.scan_inputs
+  changed.search.learning_rate, changed.model.scan_inputs = 0.05, False
   with pytest.raises(train_lib.ConfigError) as e:
     train_lib.run_search(changed, str(work))
   msg = str(e.value)
-  assert re.search(r"config\.model\.scan_inputs: False in .*config\.json, True now", msg), msg
+  assert re.search(r"config\.model\.scan_inputs: True in .*config\.json, False now", msg), msg
   assert "config.search.learning_rate: 0.025" in msg and "0.05 now" in msg, msg
   assert _files(work) == before
   # Logging and checkpoint intervals may change: the run resumes and finishes its epoch.
@@ -229,7 +230,7 @@ def test_a_checkpoint_of_another_model_is_refused_by_name(cifar10_archive, tmp_p
   work = tmp_path / "run"
   train_lib.run_search(c, str(work), stop_after_steps=3)
   before = (work / "checkpoint.msgpack").read_bytes()
-  for key, value, match in [("scan_inputs", True, r"checkpoint\.msgpack.*scan_inputs"),
+  for key, value, match in [("scan_inputs", False, r"checkpoint\.msgpack.*scan_inputs"),
                             ("channels", 6, r"checkpoint\.msgpack.*\[.*6.*expected")]:
     (work / "config.json").unlink()
     other = c.copy_and_resolve_references()
@@ -554,6 +555,8 @@ SEARCH_BAD = dict(COMMON_BAD, **{
     "model.nodes": positive_int,
     "model.layers": ints(-100, 2),  # the DARTS space needs two reductions and a normal cell
     "model.scan_inputs": flag,
+    "model.remat": flag,
+    "model.pack": flag,
     "search.order": ints(3, 10) | st.integers(-10, 0),
     "search.hessian": choice(),
     "search.epochs": positive_int,

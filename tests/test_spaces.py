@@ -27,10 +27,12 @@ def test_darts_supernet_parameter_count_matches_reference():
   # Measured on the reference PyTorch search model (C=16, 8 cells, 10 classes).
   v = _shapes(DartsSearchNet())
   assert _count(v["params"]) == 1_930_618
-  # The compile-time layout (input edges in the node scan) holds the same weights.
-  scanned = _shapes(DartsSearchNet(scan_inputs=True))
-  assert _count(scanned["params"]) == 1_930_618
-  assert "edges" in scanned["params"]["cell0"] and "edges" not in scanned["params"]["cell2"]
+  # The default layout runs a normal cell's input edges in its node scan; the other layout
+  # (one vmapped group for them) holds the same weights.
+  assert "edges" in v["params"]["cell0"] and "edges" not in v["params"]["cell2"]
+  grouped = _shapes(DartsSearchNet(scan_inputs=False, pack=False))
+  assert _count(grouped["params"]) == 1_930_618
+  assert "edges_from_inputs" in grouped["params"]["cell0"]
   assert {k: x.shape for k, x in v["arch"].items()} == {"normal": (14, 8), "reduce": (14, 8)}
   assert _count(v["arch"]) == 2 * 14 * 8
 

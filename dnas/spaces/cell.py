@@ -18,6 +18,11 @@ compiles the ops of a cell twice (cell inputs, and the scan body) instead of ``n
 which roughly halves the supernet's compile time for about 20 % more edge evaluations in a
 DARTS cell. Weights stay compact: one stacked set per real edge, gathered into the slots, so
 the parameter count is the reference's.
+
+With ``scan_inputs`` a cell's stride-1 input edges join that scan (its ops compile once), and
+with ``pack`` the scan takes its edges in destination order, each slot reading its own source,
+so that no slot runs padding: a DARTS normal cell is 7 iterations of 2 edges (``scan_schedule``).
+Both are the DARTS supernet's defaults (benchmarks/RESULTS.md, "Packing the node scans").
 """
 
 from __future__ import annotations

@@ -45,9 +45,11 @@ class DartsSearchNet(nn.Module):
   op_set: OpSet = DARTS
   affine: bool = False
   scan_nodes: bool = True  # see SearchCell
-  scan_inputs: bool = False  # see SearchCell (normal cells only)
-  remat: bool = True  # see SearchCell
-  pack: bool = False  # see SearchCell
+  # See SearchCell. The defaults compile fastest and step fastest on a CPU (benchmarks/RESULTS.md,
+  # "Packing the node scans"): a normal cell is one scan of 7 x 2 edges.
+  scan_inputs: bool = True  # normal cells only: reductions' input edges have stride 2
+  remat: bool = True
+  pack: bool = True
 
   def arch_shapes(self) -> Dict[str, Tuple[int, int]]:
     shape = (cell_lib.edge_count(2, self.nodes), len(self.op_set.ops))
