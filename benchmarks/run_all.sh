@@ -52,7 +52,10 @@ else
             --label paper_o1_b64
         run $S --batch 64 --order 1 --steps 50 --cache "$CACHE" --label paper_o1_b64_warm
         ;;
-      2)  # variants of the same step: shifted-sum depthwise convolution, no autotuning
+      2)  # variants of the same step: the layout before packing (unmeasured on a GPU),
+          # shifted-sum depthwise convolution, no autotuning
+        run $S --batch 64 --order 1 --steps 50 --no-scan-inputs --no-pack \
+            --label paper_o1_b64_unpacked
         DNAS_DEPTHWISE=shift run $S --batch 64 --order 1 --steps 50 --profile "$P/shift" \
             --label paper_o1_b64_shift
         XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0" \
