@@ -88,6 +88,9 @@ RESUMABLE_KEYS = frozenset({
 # the batches as an argument (a key), never as a constant. So a search repeated under other
 # seeds (as DARTS reports its results) loads the first seed's saved traces and executables.
 TRACE_FREE_KEYS = RESUMABLE_KEYS | {"seed"}
+# Optional `config.model` switches of the supernet's layout (booleans; when a config leaves one
+# out, the supernet's default applies).
+LAYOUT_KEYS = ("scan_inputs", "remat", "pack")
 
 
 @jax.jit
@@ -181,7 +184,7 @@ def validate_search_config(c: ml_collections.ConfigDict) -> None:
     _int(c, "model.layers", 3, " (the DARTS space needs two reductions and a normal cell)")
   else:
     _int(c, "model.layers", 1)
-  for key in ("scan_inputs", "remat", "pack"):
+  for key in LAYOUT_KEYS:
     if key in c.model:
       _type(c, f"model.{key}", bool, "True or False")
   order = _int(c, "search.order", 1)
@@ -260,8 +263,7 @@ def search_weight_optimizer(c: ml_collections.ConfigDict, total_steps: int):
 
 def build_search_model(c: ml_collections.ConfigDict, num_classes: int):
   op_set = OP_SETS[c.model.op_set]
-  # Layout switches a config leaves out take the supernet's defaults.
-  layout = {k: c.model[k] for k in ("scan_inputs", "remat", "pack") if k in c.model}
+  layout = {k: c.model[k] for k in LAYOUT_KEYS if k in c.model}
   if c.model.space == "darts":
     return DartsSearchNet(num_classes=num_classes, channels=c.model.channels,
                           layers=c.model.layers, nodes=c.model.nodes,

@@ -42,6 +42,24 @@ def test_time_step_threads_the_state_and_reports_xla_flops():
   assert r["peak_fraction"] is None  # no known peak for a CPU
 
 
+def test_time_step_profiles_five_more_calls_on_the_threaded_state(tmp_path):
+  seen = []
+
+  def carry(out, args):
+    seen.append(int(out))
+    return (out,)
+
+  r = bench.time_step(jax.jit(lambda s: s + 1), (jnp.zeros((), jnp.int32),), 2, carry,
+                      profile_dir=str(tmp_path))
+  assert seen == list(range(1, 9))  # untimed, 2 timed, then 5 traced calls, each on the last state
+  assert list(tmp_path.rglob("*.xplane.pb"))  # the trace was written where asked
+  p = r["profile"]
+  assert p["profiled_calls"] == 5
+  # The CPU backend records no device plane, so no kernels are summed here (GPUs have them).
+  assert p["device_lines"] == []
+  assert p["kernels"] == [] and p["kernel_launches_per_call"] == 0 and p["kernel_ms_per_call"] == 0
+
+
 def test_time_step_zero_steps_compiles_only_and_negative_is_an_error():
   calls = []
   r = bench.time_step(jax.jit(lambda x: x), (1.0,), 0, lambda o, a: calls.append(o) or a)
