@@ -160,27 +160,33 @@ def bench_search(config, steps: int, num_classes: int, image_shape,
   """Times the search step a search config builds (``dnas.train_lib.run_search``'s step).
 
   ``cpu_preset`` is XLA's CPU optimisation preset (``dnas.compiler.options``); default: the
-  config's ``xla_cpu_preset``.
+  config's ``xla_cpu_preset``. Matmuls and convolutions run at the config's ``precision``.
   """
+  from dnas import compiler, train_lib  # pylint: disable=g-import-not-at-top
+  train_lib.validate_search_config(config)
+  with compiler.matmul_precision(config.get("precision", "default")):
+    return _bench_search(config, steps, num_classes, image_shape, cpu_preset)
+
+
+def _bench_search(config, steps, num_classes, image_shape, cpu_preset):
   from dnas import compiler, search, train_lib  # pylint: disable=g-import-not-at-top
   from dnas.ops import layers  # pylint: disable=g-import-not-at-top
-  from dnas.strategies import darts  # pylint: disable=g-import-not-at-top
   c = config
-  train_lib.validate_search_config(c)
   cpu_preset = cpu_preset or c.xla_cpu_preset
   ynn = c.get("xla_cpu_ynn_fusions", False)
   model = train_lib.build_search_model(c, num_classes)
   weight_tx, schedule = train_lib.search_weight_optimizer(c, 10_000)
   arch_tx = search.darts_arch_optimizer(c.search.arch_learning_rate,
                                         weight_decay=c.search.arch_weight_decay)
-  strategy = darts(order=c.search.order, hessian=c.search.hessian, learning_rate=schedule)
+  strategy = train_lib.make_strategy(c, schedule)
   key = jax.random.key(c.seed)
   batch = _random_batch(key, c.data.batch_size, image_shape, num_classes)
   state = compiler.jit(lambda k: search.init_search_state(model, strategy, weight_tx, arch_tx, k,
                                                           batch["image"][:2]),
                        cpu_preset=cpu_preset, ynn_fusions=ynn)(key)
   step = search.make_search_step(model, strategy, weight_tx, arch_tx, cpu_preset=cpu_preset,
-                                 ynn_fusions=ynn)
+                                 ynn_fusions=ynn,
+                                 update_order=c.search.get("update_order", "arch_first"))
   r = time_step(step, (state, batch, batch), steps, lambda out, a: (out[0],) + tuple(a[1:]))
   # A search step trains on one batch and updates alpha on another.
   r["images_per_s"] = (round(2 * c.data.batch_size / (r["step_ms_median"] / 1e3), 1)
@@ -188,6 +194,7 @@ def bench_search(config, steps: int, num_classes: int, image_shape,
   return {"benchmark": "search", **device_info(), "space": c.model.space,
           "channels": c.model.channels, "layers": c.model.layers, "nodes": c.model.nodes,
           "batch": c.data.batch_size, "order": c.search.order,
+          "precision": c.get("precision", "default"),
           "depthwise": layers._depthwise_impl(),  # pylint: disable=protected-access
           "compiler_options": compiler.options(cpu_preset, ynn), **r}
 
@@ -197,11 +204,17 @@ def bench_train(config, genotype, steps: int, num_classes: int, image_shape,
   """Times the retraining step of ``genotype``'s network, once per compute dtype.
 
   ``cpu_preset`` is XLA's CPU optimisation preset (``dnas.compiler.options``); default: the
-  config's ``xla_cpu_preset``.
+  config's ``xla_cpu_preset``. Matmuls and convolutions run at the config's ``precision``.
   """
+  from dnas import compiler, train_lib  # pylint: disable=g-import-not-at-top
+  train_lib.validate_train_config(config, genotype)
+  with compiler.matmul_precision(config.get("precision", "default")):
+    return _bench_train(config, genotype, steps, num_classes, image_shape, dtypes, cpu_preset)
+
+
+def _bench_train(config, genotype, steps, num_classes, image_shape, dtypes, cpu_preset):
   from dnas import compiler, retrain, train_lib  # pylint: disable=g-import-not-at-top
   c = config
-  train_lib.validate_train_config(c, genotype)
   cpu_preset = cpu_preset or c.xla_cpu_preset
   ynn = c.get("xla_cpu_ynn_fusions", True)
   model = train_lib.build_train_model(c, genotype, num_classes)
@@ -222,6 +235,7 @@ def bench_train(config, genotype, steps: int, num_classes: int, image_shape,
     rows.append({"benchmark": "train", **device_info(), "space": c.model.space,
                  "channels": c.model.channels, "layers": c.model.layers,
                  "batch": c.data.batch_size, "dtype": jnp.dtype(dtype).name,
+                 "precision": c.get("precision", "default"),
                  "compiler_options": compiler.options(cpu_preset, ynn),
                  "n_params": int(sum(x.size for x in jax.tree.leaves(state.params))), **r})
   return rows

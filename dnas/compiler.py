@@ -27,10 +27,19 @@ per-compilation option it changes nothing), so ``low_memory_schedule`` sets it i
 before JAX starts its backends; ``dnas search`` and ``dnas bench search`` do so. Every command
 that compiles also turns XLA's Triton GEMM fusions off (``no_triton_gemm``): on a GPU they
 crashed XLA's compiler on the DARTS supernet.
+
+Matmul and convolution precision (config key ``precision``): JAX's default lets TPUs run float32
+convolutions and matmuls in one bfloat16 pass and lets NVIDIA GPUs from Ampere on use TF32, so
+"float32" training is not float32 there. ``precision = "highest"`` (every paper config) makes them
+full float32; ``"high"`` is three bfloat16 passes (TF32 on GPUs), ``"default"`` is JAX's default
+(the fastest). On the CPU all three give the same numbers. ``matmul_precision`` sets JAX's
+``jax_default_matmul_precision`` for a run and restores it after; that flag is part of the key of
+a saved trace (``dnas.aot``) and of the compilation cache.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from typing import Dict, Optional
@@ -44,6 +53,8 @@ CPU_PRESETS = {
     "fast_runtime": "CPU_OPT_PRESET_FAST_RUNTIME",
 }
 DEFAULT_CPU_PRESET = "fast_compile"
+# config.precision -> jax_default_matmul_precision (None: JAX's default).
+PRECISIONS = {"default": None, "high": "high", "highest": "highest"}
 YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"  # "": no YNNPACK library fusions
 SCHEDULER_FLAG = "xla_cpu_enable_concurrency_optimized_scheduler"
 TRITON_GEMM_FLAG = "xla_gpu_enable_triton_gemm"
@@ -134,3 +145,25 @@ def no_triton_gemm() -> bool:
     Whether the option was added to ``XLA_FLAGS``.
   """
   return _add_process_flag(TRITON_GEMM_FLAG, "false")
+
+
+@contextlib.contextmanager
+def matmul_precision(name: str):
+  """Within the block, matmuls and convolutions run at ``name``'s precision (``PRECISIONS``).
+
+  Sets JAX's global flag, not a thread-local one, so that steps traced on a worker thread (as the
+  loop compiles alongside initialisation) get it too; the old value comes back on exit.
+
+  Example::
+
+    with compiler.matmul_precision("highest"):
+      run_search(config, workdir)
+  """
+  if name not in PRECISIONS:
+    raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {name!r}")
+  old = jax.config.jax_default_matmul_precision
+  jax.config.update("jax_default_matmul_precision", PRECISIONS[name])
+  try:
+    yield
+  finally:
+    jax.config.update("jax_default_matmul_precision", old)

@@ -1,10 +1,14 @@
 """The bilevel search step: one jitted pure function over one state pytree.
 
 ``make_search_step(model, strategy, weight_tx, arch_tx)`` returns
-``search_step(state, batch_train, batch_val) -> (state, metrics)`` which, as DARTS' Algorithm 1,
+``search_step(state, batch_train, batch_val) -> (state, metrics)`` which, as DARTS' Algorithm 1
+(``update_order="arch_first"``),
 
 1. updates alpha with ``arch_tx`` on the strategy's hypergradient (validation batch), then
-2. updates the weights with ``weight_tx`` on the training loss at the new alpha.
+2. updates the weights with ``weight_tx`` on the training loss at the new alpha;
+
+or, as NAS-Bench-201's DARTS-V1 (``exps/algos/DARTS-V1.py``, ``search_func``;
+``update_order="weights_first"``), the weights first and then alpha at the updated weights.
 
 Everything that changes is in ``SearchState``; the step does no I/O and no host sync.
 """
@@ -118,9 +122,12 @@ def _accuracy(logits, labels):
   return jnp.mean(jnp.argmax(logits, -1) == labels)
 
 
+UPDATE_ORDERS = ("arch_first", "weights_first")
+
+
 def make_search_step(model: nn.Module, strategy: Strategy, weight_tx, arch_tx, *,
-                     jit: bool = True, cpu_preset: Optional[str] = None,
-                     ynn_fusions: bool = False) -> Callable[[SearchState, Batch, Batch], Any]:
+                     update_order: str = "arch_first", jit: bool = True,
+                     cpu_preset: Optional[str] = None, ynn_fusions: bool = False) -> Callable[[SearchState, Batch, Batch], Any]:
   """Builds the bilevel search step.
 
   Args:
@@ -129,6 +136,8 @@ def make_search_step(model: nn.Module, strategy: Strategy, weight_tx, arch_tx, *
     strategy: e.g. ``dnas.strategies.darts(order=2)``.
     weight_tx: optax transformation for the weights (train split).
     arch_tx: optax transformation for alpha (validation split).
+    update_order: ``"arch_first"`` (DARTS: alpha, then the weights at the new alpha) or
+      ``"weights_first"`` (NAS-Bench-201's DARTS-V1: the weights, then alpha at the new weights).
     jit: compile the step with the state donated (turn off only for debugging).
     cpu_preset: XLA's CPU optimisation preset (``dnas.compiler.options``; default
       ``fast_compile``).
@@ -136,9 +145,11 @@ def make_search_step(model: nn.Module, strategy: Strategy, weight_tx, arch_tx, *
       its cached executable then loads 3x faster and the step ran no slower.
   Returns:
     ``search_step(state, batch_train, batch_val) -> (state, metrics)``; ``metrics`` holds scalar
-    arrays (``train_loss``, ``train_acc``, ``val_loss``, ``val_acc``, ``grad_norm``,
-    ``arch_grad_norm``, and ``skipped``: 1 when a non-finite loss or gradient left the state
-    unchanged but for its step count) and stays on device.
+    arrays (``train_loss``, ``train_acc``: the weight pass's training batch; ``val_batch_loss``,
+    ``val_batch_acc``: the alpha pass's validation batch, BatchNorm in train mode, at ``w'`` for
+    second order; ``grad_norm``, ``arch_grad_norm``, and ``skipped``: 1 when a non-finite loss
+    or gradient left the state unchanged but for its step count) and stays on device. The
+    validation accuracy the papers report is ``make_eval_step``'s, over the whole split.
 
   Example::
 
@@ -150,33 +161,46 @@ def make_search_step(model: nn.Module, strategy: Strategy, weight_tx, arch_tx, *
     state, metrics = step(state, batch_train, batch_val)
   """
 
+  if update_order not in UPDATE_ORDERS:
+    raise ValueError(f"search.update_order must be one of {list(UPDATE_ORDERS)}, got "
+                     f"{update_order!r}")
   apply = train_apply(model)
 
-  def two_passes(state, loss_fn, batch_train, batch_val, arch_key, weight_key):
-    # 1. Architecture step on the validation batch.
-    problem = BilevelProblem(loss_fn, weight_tx, state.weight_opt_state, batch_train, batch_val)
-    arch_grads, aux = strategy.arch_grad(problem, state.params, state.arch,
-                                         state.strategy_state, arch_key)
+  def arch_pass(state, params, weight_opt_state, batch_stats, batch_train, batch_val, key):
+    """Alpha's step on the validation batch, at ``params``."""
+    loss_fn = make_loss_fn(model, batch_stats, apply)
+    problem = BilevelProblem(loss_fn, weight_tx, weight_opt_state, batch_train, batch_val)
+    arch_grads, aux = strategy.arch_grad(problem, params, state.arch, state.strategy_state, key)
     if strategy.regularizer is not None:
       arch_grads = jax.tree.map(jnp.add, arch_grads, jax.grad(strategy.regularizer)(state.arch))
     arch_updates, arch_opt_state = arch_tx.update(arch_grads, state.arch_opt_state, state.arch)
     arch = optax.apply_updates(state.arch, arch_updates)
+    return arch, arch_opt_state, arch_grads, aux["val_loss"], aux["val_logits"]
 
-    # 2. Weight step on the training batch, at the new alpha.
-    op_weights = strategy.mix(arch, state.strategy_state, weight_key)
+  def weight_pass(state, arch, batch_train, key):
+    """The weights' step on the training batch, at ``arch``."""
+    loss_fn = make_loss_fn(model, state.batch_stats, apply)
+    op_weights = strategy.mix(arch, state.strategy_state, key)
     (train_loss, (batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, op_weights, batch_train)
-    return (arch, arch_opt_state, arch_grads, aux["val_loss"], aux["val_logits"],
-            grads, train_loss, batch_stats, logits)
+    updates, weight_opt_state = weight_tx.update(grads, state.weight_opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return params, weight_opt_state, grads, train_loss, batch_stats, logits
 
   def search_step(state: SearchState, batch_train: Batch, batch_val: Batch):
     key = jax.random.fold_in(state.key, state.step)
     arch_key, weight_key = jax.random.split(key)
-    loss_fn = make_loss_fn(model, state.batch_stats, apply)
-    (arch, arch_opt_state, arch_grads, val_loss, val_logits, grads, train_loss, batch_stats,
-     logits) = two_passes(state, loss_fn, batch_train, batch_val, arch_key, weight_key)
-    updates, weight_opt_state = weight_tx.update(grads, state.weight_opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    if update_order == "arch_first":
+      arch, arch_opt_state, arch_grads, val_loss, val_logits = arch_pass(
+          state, state.params, state.weight_opt_state, state.batch_stats, batch_train, batch_val,
+          arch_key)
+      params, weight_opt_state, grads, train_loss, batch_stats, logits = weight_pass(
+          state, arch, batch_train, weight_key)
+    else:
+      params, weight_opt_state, grads, train_loss, batch_stats, logits = weight_pass(
+          state, state.arch, batch_train, weight_key)
+      arch, arch_opt_state, arch_grads, val_loss, val_logits = arch_pass(
+          state, params, weight_opt_state, batch_stats, batch_train, batch_val, arch_key)
 
     strategy_state = state.strategy_state
     if strategy.update_state is not None:
@@ -199,8 +223,8 @@ def make_search_step(model: nn.Module, strategy: Strategy, weight_tx, arch_tx, *
     metrics = {
         "train_loss": train_loss,
         "train_acc": _accuracy(logits, batch_train["label"]),
-        "val_loss": val_loss,
-        "val_acc": _accuracy(val_logits, batch_val["label"]),
+        "val_batch_loss": val_loss,
+        "val_batch_acc": _accuracy(val_logits, batch_val["label"]),
         "grad_norm": grad_norm,
         "arch_grad_norm": arch_grad_norm,
         "skipped": jnp.logical_not(finite).astype(jnp.int32),
@@ -214,22 +238,29 @@ def make_search_step(model: nn.Module, strategy: Strategy, weight_tx, arch_tx, *
 
 
 def make_eval_step(model: nn.Module, strategy: Strategy, *, cpu_preset: Optional[str] = None):
-  """``eval_step(state, batch) -> {loss_sum, correct, n}`` with BN running averages."""
+  """``eval_step(state, batch) -> {loss_sum, correct, n}``, BatchNorm in eval mode.
+
+  The supernet at the state's op weights, BatchNorm normalising with its running statistics
+  (``state.batch_stats``), as NAS-Bench-201's ``valid_func`` (``network.eval()``) evaluates it.
+  Examples labelled ``-1`` (``dnas.data.eval_batches(..., pad=True)``) are left out of the sums.
+  """
 
   @functools.partial(compiler.jit, cpu_preset=cpu_preset)
   def eval_step(state: SearchState, batch: Batch):
     op_weights = strategy.mix(state.arch, state.strategy_state, state.key)
     logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
                          batch["image"], op_weights, train=False)
+    labels = batch["label"]
+    real = labels >= 0
     losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
-                                                             batch["label"])
-    return {"loss_sum": losses.sum(),
-            "correct": jnp.sum(jnp.argmax(logits, -1) == batch["label"]),
-            "n": jnp.asarray(batch["label"].shape[0])}
+                                                             jnp.maximum(labels, 0))
+    return {"loss_sum": jnp.sum(jnp.where(real, losses, 0.0)),
+            "correct": jnp.sum(real & (jnp.argmax(logits, -1) == labels)),
+            "n": jnp.sum(real)}
 
   return eval_step
 
 
-__all__ = ["SearchState", "make_search_step", "init_search_state", "fast_init_key", "make_eval_step",
-           "darts_weight_optimizer", "darts_arch_optimizer", "make_loss_fn", "train_apply",
+__all__ = ["SearchState", "make_search_step", "init_search_state", "fast_init_key",
+           "make_eval_step", "UPDATE_ORDERS", "darts_weight_optimizer", "darts_arch_optimizer", "make_loss_fn", "train_apply",
            "cross_entropy"]

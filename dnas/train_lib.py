@@ -5,7 +5,9 @@ data, builds the supernet, strategy and optimizers, and steps ``make_search_step
 ``search.epochs`` are done. The run folder holds::
 
     config.json          the resolved config
-    metrics.jsonl        one line per log interval (and one per epoch with "epoch_end": true)
+    metrics.jsonl        one line per log interval, and at every epoch's end one
+                         ``"split": "val"`` line: the whole validation split evaluated with
+                         BatchNorm in eval mode (``val_acc``, ``val_loss``, ``n``, genotype)
     checkpoint.msgpack   the whole SearchState, written atomically every few steps and per epoch
     alpha_history.json   softmax(alpha) per epoch, per cell type
     events.out.tfevents.*  TensorBoard scalars, one write per log interval (tensorboardX)
@@ -48,7 +50,9 @@ from dnas import data as data_lib
 from dnas import aot, compiler, discretize, genotypes, io, plot, search
 from dnas.ops import registry, sets
 from dnas.spaces import DartsSearchNet, NB201SearchNet
+from dnas.data import splits
 from dnas.strategies import darts
+from dnas.strategies.darts import VIRTUAL_STEPS
 
 
 class ConfigError(ValueError):
@@ -100,6 +104,9 @@ def _streak(streak, worst, skipped):
 
 
 OP_SETS = {"darts": sets.DARTS, "nb201": sets.NB201}
+# data.split: "seeded" (a seeded permutation, DARTS' train_portion) or "nb201" (NAS-Bench-201's
+# published split, where the data come in the order its indices refer to).
+SEARCH_SPLITS = ("seeded", "nb201")
 SPACES = ("darts", "nb201")
 
 
@@ -159,6 +166,8 @@ def _validate_common(c: ml_collections.ConfigDict) -> None:
   _int(c, "log_every_steps", 1)
   _int(c, "checkpoint_every_steps", 1)
   _type(c, "compilation_cache_dir", str, "a string (empty: default, 'none': off)")
+  if "precision" in c:
+    _choice(c, "precision", compiler.PRECISIONS)
   _choice(c, "xla_cpu_preset", sorted(compiler.CPU_PRESETS))
   if "xla_cpu_ynn_fusions" in c:
     _type(c, "xla_cpu_ynn_fusions", bool, "True or False")
@@ -177,6 +186,13 @@ def validate_search_config(c: ml_collections.ConfigDict) -> None:
   _validate_common(c)
   _tfds_name(c, data_lib.TFDS_NAMES, "dataset")
   _real(c, "data.train_portion", 0.0, 1.0, low_open=True)
+  if "split" in c.data:
+    split = _choice(c, "data.split", SEARCH_SPLITS)
+    _check(split != "nb201" or c.data.train_portion == 0.5, "data.train_portion",
+           f"must be 0.5 with data.split='nb201' (NAS-Bench-201's halves), got "
+           f"{c.data.train_portion}")
+  if "eval_batch_size" in c.data:
+    _int(c, "data.eval_batch_size", 1)
   space = _choice(c, "model.space", SPACES)
   _choice(c, "model.op_set", sorted(OP_SETS))
   _int(c, "model.nodes", 1)
@@ -190,6 +206,10 @@ def validate_search_config(c: ml_collections.ConfigDict) -> None:
   order = _int(c, "search.order", 1)
   _check(order <= 2, "search.order", f"must be 1 or 2, got {order}")
   _choice(c, "search.hessian", ("exact", "finite_difference"))
+  if "virtual_step" in c.search:
+    _choice(c, "search.virtual_step", VIRTUAL_STEPS)
+  if "update_order" in c.search:
+    _choice(c, "search.update_order", search.UPDATE_ORDERS)
   _int(c, "search.epochs", 1)
   _real(c, "search.learning_rate", 0.0, low_open=True)
   _real(c, "search.min_learning_rate", 0.0)
@@ -259,6 +279,46 @@ def search_weight_optimizer(c: ml_collections.ConfigDict, total_steps: int):
         optax.add_decayed_weights(s.weight_decay),
         optax.sgd(schedule, momentum=s.momentum, nesterov=True))
   return tx, schedule
+
+
+def make_strategy(c: ml_collections.ConfigDict, schedule):
+  """The strategy ``config.search`` describes; ``schedule``: the weight learning rate's."""
+  s = c.search
+  return darts(order=s.order, hessian=s.hessian, learning_rate=schedule,
+               virtual_step=s.get("virtual_step", "paper"), momentum=s.momentum,
+               weight_decay=s.weight_decay)
+
+
+def search_indices(c: ml_collections.ConfigDict, n: int):
+  """The search's ``(train_idx, val_idx, description)`` for ``n`` training examples.
+
+  ``data.split="nb201"`` takes NAS-Bench-201's published halves (``dnas.data.splits``) when the
+  data are the whole CIFAR training set in its original order (TFDS' ``cifar10``/``cifar100``,
+  read without ``data.path`` or ``data.train_size``); otherwise, as for ``"seeded"``, a seeded
+  permutation split by ``data.train_portion``. ``description`` says which, and why.
+  """
+  want = c.data.get("split", "seeded")
+  if want == "nb201":
+    why = None
+    if c.data.path:
+      why = (f"data.path={c.data.path!r} is a local copy, whose image order is not CIFAR's "
+             f"original one")
+    elif c.data.name not in splits.NB201_DATASETS:
+      why = f"data.name={c.data.name!r} is not one of {list(splits.NB201_DATASETS)}"
+    elif c.data.train_size:
+      why = f"data.train_size={c.data.train_size} takes a subset"
+    elif n != splits.NB201_CIFAR_SIZE:
+      why = f"the training set has {n} images, not {splits.NB201_CIFAR_SIZE}"
+    if why is None:
+      tr, va = splits.nb201_cifar_split()
+      return tr, va, (f"nb201 (NAS-Bench-201's cifar-split.txt: {len(tr)} weight-training / "
+                      f"{len(va)} validation images)")
+  tr, va = data_lib.search_split(n, c.data.train_portion, c.seed)
+  desc = (f"seeded (seed {c.seed}, train_portion {c.data.train_portion}: {len(tr)} "
+          f"weight-training / {len(va)} validation images)")
+  if want == "nb201":
+    desc += f"; NAS-Bench-201's split needs TFDS' CIFAR in its original order, but {why}"
+  return tr, va, desc
 
 
 def build_search_model(c: ml_collections.ConfigDict, num_classes: int):
@@ -477,9 +537,17 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
     stop_after_steps: stop (checkpointing) once the global step reaches this; for tests.
 
   Returns:
-    ``{"genotype": ..., "step": ..., "val_acc": ...}``; a run stopped early (checkpointed),
-    ``{"step": ..., "stopped": True, "signal": ...}`` (the signal's number, or None).
+    ``{"genotype": ..., "step": ..., "val_acc": ...}`` (``val_acc``: the last evaluation of the
+    whole validation split); a run stopped early (checkpointed), ``{"step": ..., "stopped":
+    True, "signal": ...}`` (the signal's number, or None).
   """
+  validate_search_config(config)
+  with compiler.matmul_precision(config.get("precision", "default")):
+    return _run_search(config, workdir, stop_after_steps)
+
+
+def _run_search(config: ml_collections.ConfigDict, workdir: str,
+                stop_after_steps: Optional[int] = None) -> Dict[str, Any]:
   # XLA's process flags, as `dnas search` sets them: effective only if JAX has not started.
   compiler.low_memory_schedule()
   compiler.no_triton_gemm()
@@ -497,7 +565,9 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
   keep = _subset(jax.random.fold_in(jax.random.key(c.seed), 1), len(labels), c.data.train_size)
   if keep is not None:
     images, labels = images[keep], labels[keep]
-  tr_idx, va_idx = data_lib.search_split(len(labels), c.data.train_portion, c.seed)
+  tr_idx, va_idx, split_desc = search_indices(c, len(labels))
+  print(f"data split: {split_desc}", flush=True)
+  data_split = split_desc.split(" ", 1)[0]
   train = data_lib.to_device(images[tr_idx], labels[tr_idx])
   val = data_lib.to_device(images[va_idx], labels[va_idx])
   bs = c.data.batch_size
@@ -509,7 +579,7 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
   weight_tx, schedule = search_weight_optimizer(c, total)
   arch_tx = search.darts_arch_optimizer(c.search.arch_learning_rate,
                                         weight_decay=c.search.arch_weight_decay)
-  strategy = darts(order=c.search.order, hessian=c.search.hessian, learning_rate=schedule)
+  strategy = make_strategy(c, schedule)
   key = jax.random.key(c.seed)
   init_key, train_key, val_key = jax.random.split(key, 3)
 
@@ -534,7 +604,8 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
       data_lib.get_batch, batch_size=bs, mean=ds.mean, std=ds.std,
       crop_padding=c.data.crop_padding, flip=c.data.flip, sharding=sharding))
   mix = jax.jit(lambda a: strategy.mix(a, (), None))
-  step_fn = search.make_search_step(model, strategy, weight_tx, arch_tx, jit=False)
+  step_fn = search.make_search_step(model, strategy, weight_tx, arch_tx, jit=False,
+                                    update_order=c.search.get("update_order", "arch_first"))
   batch_spec = _placed(jax.eval_shape(batch_fn, train, train_key, 0), sharding)
   examples = (init_trace.out_specs, batch_spec, batch_spec)
   tc = time.time()
@@ -551,13 +622,27 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
     print(f"init {init_s:.1f}s, compile {compile_s:.1f}s (alongside init)"
           f"{'' if traced else ' (saved trace)'}, {total} steps ({spe} per epoch)", flush=True)
 
+  eval_step = search.make_eval_step(model, strategy, cpu_preset=preset)
+  val_images, val_labels = images[va_idx], labels[va_idx]
+  ebs = c.data.get("eval_batch_size", bs)
+
+  def evaluate(state):
+    """The whole validation split, unaugmented, BatchNorm in eval mode."""
+    tot = None
+    for b in data_lib.eval_batches(val_images, val_labels, ebs, ds.mean, ds.std, pad=True):
+      m = eval_step(state, b)
+      tot = m if tot is None else jax.tree.map(jnp.add, tot, m)
+    tot = jax.device_get(tot)
+    n = int(tot["n"])
+    return {"val_acc": float(tot["correct"]) / n, "val_loss": float(tot["loss_sum"]) / n, "n": n}
+
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   progress = _Progress()
   step = int(state.step)
   acc, acc_n = None, 0
   streak = worst = jnp.zeros((), jnp.int32)
   t_log, n_log = time.time(), 0
-  last = {}
+  last, last_val = {}, {}
   with _Stopper() as stopper, open(metrics_path, "a") as mfile, \
       summary_writer(workdir, step) as tb:
     while step < total:
@@ -601,10 +686,17 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
         for k in history:
           history[k].append(np.asarray(w[k]))
         g = _write_artifacts(workdir, model, w, history, op_set)
+        # NAS-Bench-201's valid_func (exps/algos/DARTS-V1.py) after every epoch; the line goes
+        # before the checkpoint, so a run killed in between logs it again on resume.
+        last_val = {"split": "val", "epoch": epoch, "step": step, **evaluate(state),
+                    "genotype": g.to_json(), "data_split": data_split}
+        mfile.write(json.dumps(last_val) + "\n")
+        mfile.flush()
+        _add_scalars(tb, "val", last_val, step)
         _save_checkpoint(ckpt, state, history)
         progress.summary(f"epoch {step // spe}/{c.search.epochs} step {step} "
                          f"train_loss {last['train_loss']:.4f} train_acc {last['train_acc']:.3f} "
-                         f"val_loss {last['val_loss']:.4f} val_acc {last['val_acc']:.3f} "
+                         f"val_loss {last_val['val_loss']:.4f} val_acc {last_val['val_acc']:.4f} "
                          f"genotype {json.dumps(g.to_json())}")
       elif step % c.checkpoint_every_steps == 0:
         _save_checkpoint(ckpt, state, history)
@@ -618,7 +710,7 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
   w = jax.device_get(mix(state.arch))
   g = _write_artifacts(workdir, model, w, history, op_set)
   draw(workdir)
-  return {"step": step, "genotype": g.to_json(), "val_acc": last.get("val_acc"),
+  return {"step": step, "genotype": g.to_json(), "val_acc": last_val.get("val_acc"),
           "compile_s": compile_s, "init_s": init_s,
           "op_weights": {k: np.asarray(v) for k, v in w.items()}}
 
@@ -885,8 +977,16 @@ def run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
   ``"split": "test"`` line per evaluation), TensorBoard event files (the same scalars),
   ``checkpoint.msgpack`` and, at the end, ``final_metrics.json`` to ``workdir``. A run stopped
   early (checkpointed) returns ``{"step": ..., "stopped": True, "signal": ...}`` (the signal's
-  number, or None).
+  number, or None). Matmuls and convolutions run at ``config.precision``.
   """
+  validate_train_config(config, genotype)
+  with compiler.matmul_precision(config.get("precision", "default")):
+    return _run_train(config, genotype, workdir, stop_after_steps)
+
+
+def _run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
+               stop_after_steps: Optional[int] = None) -> Dict[str, Any]:
+  """``run_train``'s body, at the config's precision."""
   from dnas import retrain  # pylint: disable=g-import-not-at-top
   compiler.no_triton_gemm()  # as `dnas train` sets it: effective only if JAX has not started
   c = config

@@ -1,8 +1,10 @@
 r"""DARTS on the NAS-Bench-201 space, CIFAR-10 (Dong & Yang, "NAS-Bench-201", ICLR 2020).
 
 Variants:
-  first_order (default)  DARTS-V1: 50 epochs, batch 64, C=16, N=5 cells per stage, 3 nodes.
-  second_order           DARTS-V2: the exact hypergradient (DARTS eq. 6 by autodiff).
+  first_order (default)  DARTS-V1: 50 epochs, batch 64, C=16, N=5 cells per stage, 3 nodes;
+                         the weights step first, then alpha at the new weights.
+  second_order           DARTS-V2: alpha first, by the exact hypergradient (DARTS eq. 6 by
+                         autodiff) through DARTS' virtual step (plain momentum, unclipped).
   smoke                  C=4, 1 cell per stage, 256 real images, 2 epochs: seconds on a CPU.
 
 Run::
@@ -20,8 +22,32 @@ Run::
 Search hyperparameters: NAS-Bench-201's ``configs/nas-benchmark/algos/DARTS.config`` and
 ``scripts-search/algos/DARTS-V1.sh`` (github.com/D-X-Y/AutoDL-Projects): Nesterov SGD with
 momentum 0.9, weight decay 5e-4, lr 0.025 cosine-annealed to 0.001, gradient norm clipped at 5,
-batch 64, 50 epochs; alpha by Adam (lr 3e-4, betas (0.5, 0.999), weight decay 1e-3). Weights
-train on one half of CIFAR-10's training set and alpha on the other (train_portion 0.5).
+batch 64, 50 epochs; alpha by Adam (lr 3e-4, betas (0.5, 0.999), weight decay 1e-3).
+
+NAS-Bench-201's protocol (``exps/algos/DARTS-V1.py`` and ``DARTS-V2.py``), as dnas runs it:
+* The split: weights train on one half of CIFAR-10's training set and alpha on the other, by
+  NAS-Bench-201's published list (``configs/nas-benchmark/cifar-split.txt``, shipped as
+  ``dnas/data/nb201_cifar_split.bin``; ``data.split="nb201"``). Its indices refer to CIFAR-10's
+  original order, which TFDS' ``cifar10`` follows; a local copy in another order (the JPEG
+  archive, any folder) gets the seeded split instead, and the run prints which it used (also
+  ``data_split`` in each ``"split": "val"`` line).
+* The order within a step: DARTS-V1's ``search_func`` steps the weights, then alpha on the
+  updated weights (``search.update_order="weights_first"``); DARTS-V2's steps alpha first
+  (``"arch_first"``, the second_order variant).
+* DARTS-V2's virtual step (``backward_step_unrolled``) is ``w - lr * (mu * m + g + wd * w)``:
+  no clipping and no Nesterov, although the real weight step has both
+  (``search.virtual_step="paper"``; ``"optimizer"`` steps through the real optimizer).
+* After every epoch, ``valid_func`` evaluates the whole validation half, unaugmented, with
+  ``network.eval()``: the ``"split": "val"`` lines of ``metrics.jsonl`` (``val_acc``).
+* The genotype reported is the last epoch's (``genotypes[total_epoch-1]``, the one DARTS-V1.py
+  queries the benchmark with; it also keeps the best-validation epoch's, which its published
+  table does not use): ``genotype.json`` at the end of the run; every epoch's is in its
+  ``"split": "val"`` line.
+* The learning rate follows the cosine per step, as its scheduler does
+  (``scheduler.update(None, step / len(loader))``).
+Where dnas differs: BatchNorm's running statistics follow the weight pass's batches only (in
+the reference the alpha pass's forward passes move them as well; they matter only for the
+eval-mode validation).
 
 Published result (Dong & Yang 2020, table 5): DARTS-V1 and DARTS-V2 both collapse to the
 all-``skip_connect`` cell: 39.77 +- 0.00 % CIFAR-10 validation and 54.30 +- 0.00 % test accuracy
@@ -44,6 +70,8 @@ def get_config(variant: str = "first_order") -> ml_collections.ConfigDict:
   c.data.batch_size = 64
   c.data.train_portion = 0.5
   c.data.train_size = 0     # a seeded random subset of N training images (0: all)
+  c.data.split = "nb201"    # NAS-Bench-201's list when the data allow it, else seeded
+  c.data.eval_batch_size = 256  # the end-of-epoch validation pass
   c.data.crop_padding = 4
   c.data.flip = True
 
@@ -64,6 +92,10 @@ def get_config(variant: str = "first_order") -> ml_collections.ConfigDict:
   c.search = ml_collections.ConfigDict()
   c.search.order = 1
   c.search.hessian = "exact"  # or "finite_difference" (DARTS eq. 8) for order 2
+  # Second order: "paper" (DARTS-V2's step: plain momentum, no clipping, no Nesterov) or
+  # "optimizer" (one step of the real weight optimizer: clipped, Nesterov).
+  c.search.virtual_step = "paper"
+  c.search.update_order = "weights_first"  # DARTS-V1; DARTS-V2 (second_order): "arch_first"
   c.search.epochs = 50
   c.search.learning_rate = 0.025
   c.search.min_learning_rate = 0.001
@@ -78,6 +110,9 @@ def get_config(variant: str = "first_order") -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 500
   c.max_bad_steps = 10
   c.compilation_cache_dir = ""  # empty: ~/.cache/dnas/jax; "none": off
+  # Matmul/convolution precision: "highest" is full float32 on every device; "high" (TF32 on
+  # GPUs, 3 bfloat16 passes on TPUs) and "default" (1 bfloat16 pass on TPUs) are faster.
+  c.precision = "highest"
   # XLA CPU preset (fast_compile, default, fast_runtime): XLA's default ran this supernet's step
   # 11.2 s against 12.8 s with fast_compile (compile 26.6 vs 22.3 s; benchmarks/RESULTS.md).
   c.xla_cpu_preset = "default"
@@ -87,9 +122,11 @@ def get_config(variant: str = "first_order") -> ml_collections.ConfigDict:
     pass
   elif variant == "second_order":
     c.search.order = 2
+    c.search.update_order = "arch_first"
   elif variant == "smoke":
     c.data.batch_size = 16
     c.data.train_size = 256
+    c.data.eval_batch_size = 64
     c.model.channels = 4
     c.model.layers = 1
     c.search.epochs = 2

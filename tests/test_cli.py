@@ -11,7 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from dnas import cli, genotypes, published, train_lib
+from flax import serialization
+
+from dnas import cli, discretize, genotypes, published, train_lib
 from dnas.ops import sets
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,11 +87,26 @@ def test_search_then_plot_end_to_end(cifar10_archive, tmp_path, caches):
   assert g.space == "darts" and len(g.normal) == 4  # smoke: 2 nodes
   cfg = json.loads((work / "config.json").read_text())
   assert cfg["model"]["channels"] == 4 and cfg["data"]["train_size"] == 128
-  lines = [json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines()]
+  all_lines = [json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines()]
+  lines = [l for l in all_lines if "split" not in l]
   assert [l["step"] for l in lines] == [4, 8]  # log_every_steps=4, 4 steps per epoch
-  for key in ("train_loss", "train_acc", "val_loss", "val_acc", "learning_rate", "images_per_s",
-              "epoch"):
+  for key in ("train_loss", "train_acc", "val_batch_loss", "val_batch_acc", "learning_rate",
+              "images_per_s", "epoch"):
     assert all(np.isfinite(l[key]) for l in lines), key
+  # One whole-validation-split line per epoch: 128 images, half of them held out for alpha.
+  vals = [l for l in all_lines if l.get("split") == "val"]
+  assert [(l["epoch"], l["step"], l["n"]) for l in vals] == [(0, 4, 64), (1, 8, 64)]
+  assert all(0.0 <= l["val_acc"] <= 1.0 and np.isfinite(l["val_loss"]) for l in vals)
+  assert vals[-1]["genotype"] == json.loads((work / "genotype.json").read_text())
+  assert vals[-1]["data_split"] == "seeded"
+  assert "data split: seeded" in r.stdout
+  # genotype.json is the derivation from softmax(alpha) of the run's last checkpoint (DARTS'
+  # rule ranks edges across a node by their op weights, so raw alpha would differ).
+  payload = serialization.msgpack_restore((work / "checkpoint.msgpack").read_bytes())
+  assert int(payload["state"]["step"]) == 8
+  weights = {k: jax.nn.softmax(np.asarray(v), -1) for k, v in payload["state"]["arch"].items()}
+  model = train_lib.build_search_model(train_lib.load_config(CONFIG, "smoke"), 10)
+  assert discretize.derive(model, weights) == g
   hist = json.loads((work / "alpha_history.json").read_text())
   assert np.asarray(hist["epochs"]["normal"]).shape == (2, 5, 8)
   np.testing.assert_allclose(np.asarray(hist["epochs"]["reduce"]).sum(-1), 1.0, rtol=1e-5)
@@ -100,10 +117,11 @@ def test_search_then_plot_end_to_end(cifar10_archive, tmp_path, caches):
   assert (plots / "alpha_history.png").read_bytes()[:4] == b"\x89PNG"
   scalars = _event_scalars(work)
   assert [s for s, _ in scalars["search/train_loss"]] == [4, 8]
-  for key in ("train_acc", "val_loss", "val_acc", "learning_rate", "images_per_s"):
+  for key in ("train_acc", "val_batch_loss", "val_batch_acc", "learning_rate", "images_per_s"):
     assert all(np.isfinite(v) for _, v in scalars[f"search/{key}"]), key
-  np.testing.assert_allclose([v for _, v in scalars["search/val_acc"]],
-                             [l["val_acc"] for l in lines], rtol=1e-6)
+  np.testing.assert_allclose([v for _, v in scalars["search/val_batch_acc"]],
+                             [l["val_batch_acc"] for l in lines], rtol=1e-6)
+  assert scalars["val/val_acc"] == [(l["step"], pytest.approx(l["val_acc"])) for l in vals]
 
   (plots / "alpha_history.png").unlink()
   r = _cli("plot", "--workdir", str(work))
@@ -130,11 +148,21 @@ def test_search_then_plot_end_to_end(cifar10_archive, tmp_path, caches):
   assert scalars["test/test_acc"][-1] == (8, pytest.approx(final["test_acc"]))
 
 
-def test_nb201_search_smoke(cifar10_archive, tmp_path, caches, fast_compile, capsys):
+def test_nb201_search_smoke(cifar10_archive, tmp_path, caches, fast_compile, capsys,
+                            monkeypatch):
   c = _config(NB201_CONFIG, "smoke", cifar10_archive, caches)
   c.data.train_size = 128  # 4 steps per epoch at batch 16
   work = tmp_path / "nb201"
+  seen = []  # the matmul precision in force while the run builds its step
+
+  def make_strategy(*args):
+    seen.append(jax.config.jax_default_matmul_precision)
+    return real_make_strategy(*args)
+
+  real_make_strategy = train_lib.make_strategy
+  monkeypatch.setattr(train_lib, "make_strategy", make_strategy)
   result = train_lib.run_search(c, str(work))
+  assert seen == ["highest"] and jax.config.jax_default_matmul_precision != "highest"
   assert result["step"] == 8
   obj = json.loads((work / "genotype.json").read_text())
   assert set(obj) == {"space", "arch"} and obj["space"] == "nb201"
@@ -151,7 +179,21 @@ def test_nb201_search_smoke(cifar10_archive, tmp_path, caches, fast_compile, cap
   for name in ("genotype.png", "genotype.pdf", "genotype.dot", "alpha_history.png",
                "alpha_history.pdf"):
     assert (work / "plots" / name).stat().st_size > 0, name
-  assert "search/val_acc" in _event_scalars(work)
+  assert "val/val_acc" in _event_scalars(work)
+
+  # NB201's split needs CIFAR in its original order; the JPEG archive is not: seeded, said so.
+  out = capsys.readouterr().out
+  assert "data split: seeded" in out and "NAS-Bench-201's split needs" in out
+  vals = [l for l in map(json.loads, (work / "metrics.jsonl").read_text().splitlines())
+          if l.get("split") == "val"]
+  assert [(l["epoch"], l["n"], l["data_split"]) for l in vals] == [(0, 64, "seeded"),
+                                                                   (1, 64, "seeded")]
+  assert result["val_acc"] == vals[-1]["val_acc"]
+  # genotype.json is the derivation from softmax(alpha) of the checkpoint the run ended with.
+  payload = serialization.msgpack_restore((work / "checkpoint.msgpack").read_bytes())
+  weights = {k: jax.nn.softmax(np.asarray(v), -1) for k, v in payload["state"]["arch"].items()}
+  model = train_lib.build_search_model(c, 10)
+  assert discretize.derive(model, weights) == g
 
   capsys.readouterr()
   assert cli.run(["dnas", "info", "--config", f"{NB201_CONFIG}:smoke", "--json"]) == 0

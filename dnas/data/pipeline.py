@@ -272,11 +272,14 @@ _normalize_jit = jax.jit(normalize)
 
 
 def eval_batches(images: Any, labels: Any, batch_size: int, mean: Any,
-                 std: Any) -> Iterator[Batch]:
+                 std: Any, pad: bool = False) -> Iterator[Batch]:
   """Yields every example once, in order, unaugmented; the last batch may be smaller.
 
-  There is no padding or mask: summing ``correct`` over the batches and dividing by ``N`` gives
-  the accuracy. The smaller last batch costs the caller's eval step one more compilation.
+  Without ``pad`` there is no mask: summing ``correct`` over the batches and dividing by ``N``
+  gives the accuracy, and the smaller last batch costs the caller's eval step one more
+  compilation. With ``pad`` the last batch is filled up to ``batch_size`` with zero images
+  labelled ``-1``, which the caller leaves out (one compilation; in eval mode an image does not
+  affect the others' outputs).
 
   Args:
     images: ``uint8 [N, H, W, C]``, on the host (sent a batch at a time) or on the device.
@@ -284,6 +287,7 @@ def eval_batches(images: Any, labels: Any, batch_size: int, mean: Any,
     batch_size: examples per batch.
     mean: per-channel mean ``[C]``.
     std: per-channel standard deviation ``[C]``.
+    pad: fill the last batch up to ``batch_size`` (labels ``-1``).
 
   Yields:
     ``{"image": float32 [b, H, W, C], "label": int32 [b]}`` with ``b <= batch_size``.
@@ -300,6 +304,10 @@ def eval_batches(images: Any, labels: Any, batch_size: int, mean: Any,
   for start in range(0, n, int(batch_size)):
     x = images[start:start + batch_size]
     y = labels[start:start + batch_size]
+    if pad and x.shape[0] < batch_size:
+      fill = batch_size - x.shape[0]
+      x = np.concatenate([np.asarray(x), np.zeros((fill,) + x.shape[1:], x.dtype)])
+      y = np.concatenate([np.asarray(y), np.full((fill,), -1, np.asarray(y).dtype)])
     yield {"image": _normalize_jit(jnp.asarray(x), mean, std),
            "label": jnp.asarray(y).astype(jnp.int32)}
 

@@ -1,6 +1,6 @@
 """Strategies: relaxations of alpha and its gradients."""
 
 from dnas.strategies.base import BilevelProblem, Strategy
-from dnas.strategies.darts import darts, softmax_mix
+from dnas.strategies.darts import darts, make_virtual_step, softmax_mix
 
-__all__ = ["BilevelProblem", "Strategy", "darts", "softmax_mix"]
+__all__ = ["BilevelProblem", "Strategy", "darts", "make_virtual_step", "softmax_mix"]
