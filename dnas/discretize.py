@@ -77,10 +77,17 @@ def nb201_genotype(op_weights: Mapping[str, np.ndarray], op_set: OpSet,
 
 
 def derive(model, op_weights) -> genotypes.Genotype:
-  """The genotype of a supernet (``DartsSearchNet`` or ``NB201SearchNet``) at ``op_weights``."""
-  from dnas.spaces import DartsSearchNet, NB201SearchNet  # pylint: disable=g-import-not-at-top
-  if isinstance(model, DartsSearchNet):
-    return darts_genotype(op_weights, model.op_set, model.nodes, model.multiplier)
-  if isinstance(model, NB201SearchNet):
-    return nb201_genotype(op_weights, model.op_set, model.nodes)
-  raise TypeError(f"no discretization rule for {type(model).__name__}")
+  """The genotype of a supernet at ``op_weights``, by the supernet's own rule.
+
+  Each space knows how to discretize its alpha: a supernet module has a method
+  ``genotype(op_weights) -> Genotype`` (``DartsSearchNet``: DARTS' rule; ``NB201SearchNet``:
+  NAS-Bench-201's). A user's space adds one, usually calling a rule of this module.
+
+  Raises:
+    TypeError: the model has no ``genotype`` method (naming its class).
+  """
+  rule = getattr(model, "genotype", None)
+  if not callable(rule):
+    raise TypeError(f"{type(model).__name__} has no discretization rule: give it a method "
+                    f"genotype(self, op_weights) -> Genotype (see dnas.spaces.nb201)")
+  return rule(op_weights)

@@ -51,6 +51,7 @@ from dnas import aot, compiler, discretize, genotypes, io, plot, search
 from dnas.ops import registry, sets
 from dnas.spaces import DartsSearchNet, NB201SearchNet
 from dnas.data import splits
+from dnas import strategies
 from dnas.strategies import darts
 from dnas.strategies.darts import VIRTUAL_STEPS
 
@@ -603,7 +604,7 @@ def _run_search(config: ml_collections.ConfigDict, workdir: str,
   batch_fn = jax.jit(functools.partial(
       data_lib.get_batch, batch_size=bs, mean=ds.mean, std=ds.std,
       crop_padding=c.data.crop_padding, flip=c.data.flip, sharding=sharding))
-  mix = jax.jit(lambda a: strategy.mix(a, (), None))
+  mix = jax.jit(functools.partial(strategies.derive_weights, strategy))
   step_fn = search.make_search_step(model, strategy, weight_tx, arch_tx, jit=False,
                                     update_order=c.search.get("update_order", "arch_first"))
   batch_spec = _placed(jax.eval_shape(batch_fn, train, train_key, 0), sharding)
@@ -628,13 +629,15 @@ def _run_search(config: ml_collections.ConfigDict, workdir: str,
 
   def evaluate(state):
     """The whole validation split, unaugmented, BatchNorm in eval mode."""
+    t = time.time()
     tot = None
     for b in data_lib.eval_batches(val_images, val_labels, ebs, ds.mean, ds.std, pad=True):
       m = eval_step(state, b)
       tot = m if tot is None else jax.tree.map(jnp.add, tot, m)
     tot = jax.device_get(tot)
     n = int(tot["n"])
-    return {"val_acc": float(tot["correct"]) / n, "val_loss": float(tot["loss_sum"]) / n, "n": n}
+    return {"val_acc": float(tot["correct"]) / n, "val_loss": float(tot["loss_sum"]) / n, "n": n,
+            "eval_s": round(time.time() - t, 3)}
 
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   progress = _Progress()
@@ -682,7 +685,7 @@ def _run_search(config: ml_collections.ConfigDict, workdir: str,
         progress.update(epoch, step - epoch * spe, spe, host, ips, eta)
         acc, acc_n, t_log, n_log = None, 0, time.time(), 0
       if epoch_end:
-        w = jax.device_get(mix(state.arch))
+        w = jax.device_get(mix(state.arch, state.strategy_state))
         for k in history:
           history[k].append(np.asarray(w[k]))
         g = _write_artifacts(workdir, model, w, history, op_set)
@@ -707,7 +710,7 @@ def _run_search(config: ml_collections.ConfigDict, workdir: str,
                 f"to resume from {ckpt}", flush=True)
         return {"step": step, "stopped": True, "signal": stopper.signal}
 
-  w = jax.device_get(mix(state.arch))
+  w = jax.device_get(mix(state.arch, state.strategy_state))
   g = _write_artifacts(workdir, model, w, history, op_set)
   draw(workdir)
   return {"step": step, "genotype": g.to_json(), "val_acc": last_val.get("val_acc"),

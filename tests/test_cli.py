@@ -96,7 +96,8 @@ def test_search_then_plot_end_to_end(cifar10_archive, tmp_path, caches):
   # One whole-validation-split line per epoch: 128 images, half of them held out for alpha.
   vals = [l for l in all_lines if l.get("split") == "val"]
   assert [(l["epoch"], l["step"], l["n"]) for l in vals] == [(0, 4, 64), (1, 8, 64)]
-  assert all(0.0 <= l["val_acc"] <= 1.0 and np.isfinite(l["val_loss"]) for l in vals)
+  assert all(0.0 <= l["val_acc"] <= 1.0 and np.isfinite(l["val_loss"]) and l["eval_s"] > 0
+             for l in vals)
   assert vals[-1]["genotype"] == json.loads((work / "genotype.json").read_text())
   assert vals[-1]["data_split"] == "seeded"
   assert "data split: seeded" in r.stdout

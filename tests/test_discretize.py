@@ -66,6 +66,41 @@ def test_nb201_derivation_is_argmax_with_none():
                     "+|skip_connect~0|nor_conv_1x1~1|none~2|")
 
 
+def test_each_space_derives_by_its_own_rule():
+  """``derive`` asks the model: a user's space brings its own rule, and a model without one is
+  refused naming its class."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
+  class FirstOpSpace(nn.Module):
+    def genotype(self, op_weights):  # a made-up rule: op 0 on every edge of a 1-node cell
+      del op_weights
+      return genotypes.NB201Genotype.from_arch("|nor_conv_3x3~0|+|none~0|none~1|"
+                                               "+|none~0|none~1|none~2|")
+
+  class NoRule(nn.Module):
+    pass
+
+  w = {"cell": np.ones((6, 5))}
+  assert discretize.derive(FirstOpSpace(), w).arch.startswith("|nor_conv_3x3~0|")
+  with pytest.raises(TypeError, match="NoRule has no discretization rule"):
+    discretize.derive(NoRule(), w)
+
+
+def test_derive_weights_default_and_override():
+  from dnas.strategies import Strategy, darts, derive_weights  # pylint: disable=g-import-not-at-top
+  arch = {"cell": np.array([[0.0, 1.0, 2.0]])}
+  w = derive_weights(darts(), arch, ())
+  np.testing.assert_allclose(w["cell"], [np.exp([0, 1, 2]) / np.exp([0, 1, 2]).sum()],
+                             rtol=1e-6)
+
+  def sampling_mix(arch, state, key):  # needs a key: deriving must not call it
+    raise AssertionError("mix called without a key")
+
+  s = Strategy(init=lambda a: (), mix=sampling_mix, arch_grad=None,
+               derive_weights=lambda a, state: {"cell": a["cell"] * 2})
+  np.testing.assert_array_equal(derive_weights(s, arch, ())["cell"], [[0.0, 2.0, 4.0]])
+
+
 @pytest.mark.parametrize("g", [published.get("DARTS_V2"), genotypes.NB201Genotype.from_arch(
     "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|"
     "skip_connect~2|")])

@@ -120,7 +120,8 @@ def _comparable(lines):
   out = []
   for line in lines:
     d = json.loads(line)
-    d.pop("images_per_s", None)  # a timing
+    d.pop("images_per_s", None)  # timings
+    d.pop("eval_s", None)
     out.append(d)
   return out
 

@@ -55,6 +55,11 @@ class DartsSearchNet(nn.Module):
     shape = (cell_lib.edge_count(2, self.nodes), len(self.op_set.ops))
     return {"normal": shape, "reduce": shape}
 
+  def genotype(self, op_weights):
+    """DARTS' rule (``dnas.discretize.darts_genotype``): two strongest edges per node."""
+    from dnas import discretize  # pylint: disable=g-import-not-at-top
+    return discretize.darts_genotype(op_weights, self.op_set, self.nodes, self.multiplier)
+
   @nn.compact
   def __call__(self, x, op_weights: Optional[Dict[str, jnp.ndarray]] = None, train: bool = True):
     if self.multiplier > self.nodes:

@@ -80,6 +80,11 @@ class NB201SearchNet(nn.Module):
   def arch_shapes(self) -> Dict[str, Tuple[int, int]]:
     return {"cell": (cell_lib.edge_count(1, self.nodes), len(self.op_set.ops))}
 
+  def genotype(self, op_weights):
+    """NAS-Bench-201's rule (``dnas.discretize.nb201_genotype``): the argmax op on every edge."""
+    from dnas import discretize  # pylint: disable=g-import-not-at-top
+    return discretize.nb201_genotype(op_weights, self.op_set, self.nodes)
+
   @nn.compact
   def __call__(self, x, op_weights: Optional[Dict[str, jnp.ndarray]] = None, train: bool = True):
     shapes = self.arch_shapes()

@@ -7,6 +7,12 @@ A strategy is a NamedTuple of pure functions, in the manner of an optax ``Gradie
 * ``arch_grad(problem, params, arch, state, key) -> (grads, aux)``: alpha's gradient of the
   upper-level objective; ``aux`` holds ``val_loss`` and ``val_logits``.
 * ``regularizer(arch) -> scalar`` (optional): added to the upper-level loss.
+* ``update_state(state, step) -> state`` (optional): the strategy's state after ``step`` steps
+  (a temperature schedule).
+* ``derive_weights(arch, state) -> op_weights`` (optional): the deterministic op weights a
+  genotype is derived and drawn from, needing no key; by default ``mix(arch, state, None)``
+  (right for deterministic relaxations such as DARTS' softmax; a sampling strategy gives its
+  expected or noise-free weights). ``derive_weights(strategy, arch, state)`` calls it.
 
 Strategies never own an optimizer: alpha is stepped by an ordinary optax transformation.
 """
@@ -44,6 +50,15 @@ class Strategy(NamedTuple):
   arch_grad: Callable[[BilevelProblem, Params, Arch, Any, PRNGKey], Any]
   regularizer: Optional[Callable[[Arch], Any]] = None
   update_state: Optional[Callable[[Any, Any], Any]] = None
+  derive_weights: Optional[Callable[[Arch, Any], Any]] = None
 
 
-__all__ = ["BilevelProblem", "Strategy", "BatchStats"]
+def derive_weights(strategy: Strategy, arch: Arch, state: Any) -> Any:
+  """The op weights ``strategy`` derives genotypes from (its ``derive_weights``, else its
+  ``mix`` without a key)."""
+  if strategy.derive_weights is not None:
+    return strategy.derive_weights(arch, state)
+  return strategy.mix(arch, state, None)
+
+
+__all__ = ["BilevelProblem", "Strategy", "BatchStats", "derive_weights"]
