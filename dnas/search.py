@@ -127,7 +127,8 @@ UPDATE_ORDERS = ("arch_first", "weights_first")
 
 def make_search_step(model: nn.Module, strategy: Strategy, weight_tx, arch_tx, *,
                      update_order: str = "arch_first", jit: bool = True,
-                     cpu_preset: Optional[str] = None, ynn_fusions: bool = False) -> Callable[[SearchState, Batch, Batch], Any]:
+                     cpu_preset: Optional[str] = None, ynn_fusions: bool = False
+                     ) -> Callable[[SearchState, Batch, Batch], Any]:
   """Builds the bilevel search step.
 
   Args:
@@ -262,5 +263,5 @@ def make_eval_step(model: nn.Module, strategy: Strategy, *, cpu_preset: Optional
 
 
 __all__ = ["SearchState", "make_search_step", "init_search_state", "fast_init_key",
-           "make_eval_step", "UPDATE_ORDERS", "darts_weight_optimizer", "darts_arch_optimizer", "make_loss_fn", "train_apply",
-           "cross_entropy"]
+           "make_eval_step", "UPDATE_ORDERS", "darts_weight_optimizer", "darts_arch_optimizer",
+           "make_loss_fn", "train_apply", "cross_entropy"]

@@ -3,4 +3,5 @@
 from dnas.strategies.base import BilevelProblem, derive_weights, Strategy
 from dnas.strategies.darts import darts, make_virtual_step, softmax_mix
 
-__all__ = ["BilevelProblem", "Strategy", "darts", "derive_weights", "make_virtual_step", "softmax_mix"]
+__all__ = ["BilevelProblem", "Strategy", "darts", "derive_weights", "make_virtual_step",
+           "softmax_mix"]
