@@ -25,7 +25,7 @@ import optax
 
 from dnas import compiler
 from dnas.rng import fast_init_key
-from dnas.strategies.base import BilevelProblem, Strategy
+from dnas.strategies.base import BilevelProblem, eval_weights, Strategy
 from dnas.types import Arch, Batch, BatchStats, Params, PRNGKey
 
 
@@ -126,7 +126,8 @@ UPDATE_ORDERS = ("arch_first", "weights_first")
 
 
 def make_search_step(model: nn.Module, strategy: Strategy, weight_tx, arch_tx, *,
-                     update_order: str = "arch_first", jit: bool = True,
+                     update_order: str = "arch_first", total_steps: Optional[int] = None,
+                     jit: bool = True,
                      cpu_preset: Optional[str] = None, ynn_fusions: bool = False
                      ) -> Callable[[SearchState, Batch, Batch], Any]:
   """Builds the bilevel search step.
@@ -139,6 +140,8 @@ def make_search_step(model: nn.Module, strategy: Strategy, weight_tx, arch_tx, *
     arch_tx: optax transformation for alpha (validation split).
     update_order: ``"arch_first"`` (DARTS: alpha, then the weights at the new alpha) or
       ``"weights_first"`` (NAS-Bench-201's DARTS-V1: the weights, then alpha at the new weights).
+    total_steps: the run's steps in all, passed to ``strategy.update_state`` (temperature
+      schedules); needed by strategies that have one.
     jit: compile the step with the state donated (turn off only for debugging).
     cpu_preset: XLA's CPU optimisation preset (``dnas.compiler.options``; default
       ``fast_compile``).
@@ -149,8 +152,11 @@ def make_search_step(model: nn.Module, strategy: Strategy, weight_tx, arch_tx, *
     arrays (``train_loss``, ``train_acc``: the weight pass's training batch; ``val_batch_loss``,
     ``val_batch_acc``: the alpha pass's validation batch, BatchNorm in train mode, at ``w'`` for
     second order; ``grad_norm``, ``arch_grad_norm``, and ``skipped``: 1 when a non-finite loss
-    or gradient left the state unchanged but for its step count) and stays on device. The
-    validation accuracy the papers report is ``make_eval_step``'s, over the whole split.
+    or gradient left the state unchanged but for its step count), and the strategy's own
+    ``metrics`` (e.g. ``tau``), and stays on device. A strategy that does not learn alpha
+    (``learns_arch=False``: SPOS) gets no architecture pass and no ``val_batch_*`` or
+    ``arch_grad_norm``. The validation accuracy the papers report is ``make_eval_step``'s, over
+    the whole split.
 
   Example::
 
@@ -165,6 +171,8 @@ def make_search_step(model: nn.Module, strategy: Strategy, weight_tx, arch_tx, *
   if update_order not in UPDATE_ORDERS:
     raise ValueError(f"search.update_order must be one of {list(UPDATE_ORDERS)}, got "
                      f"{update_order!r}")
+  if strategy.update_state is not None and total_steps is None:
+    raise ValueError("this strategy updates its state on a schedule: pass total_steps")
   apply = train_apply(model)
 
   def arch_pass(state, params, weight_opt_state, batch_stats, batch_train, batch_val, key):
@@ -191,7 +199,12 @@ def make_search_step(model: nn.Module, strategy: Strategy, weight_tx, arch_tx, *
   def search_step(state: SearchState, batch_train: Batch, batch_val: Batch):
     key = jax.random.fold_in(state.key, state.step)
     arch_key, weight_key = jax.random.split(key)
-    if update_order == "arch_first":
+    if not strategy.learns_arch:
+      params, weight_opt_state, grads, train_loss, batch_stats, logits = weight_pass(
+          state, state.arch, batch_train, weight_key)
+      arch, arch_opt_state, arch_grads = state.arch, state.arch_opt_state, None
+      val_loss = val_logits = None
+    elif update_order == "arch_first":
       arch, arch_opt_state, arch_grads, val_loss, val_logits = arch_pass(
           state, state.params, state.weight_opt_state, state.batch_stats, batch_train, batch_val,
           arch_key)
@@ -205,14 +218,16 @@ def make_search_step(model: nn.Module, strategy: Strategy, weight_tx, arch_tx, *
 
     strategy_state = state.strategy_state
     if strategy.update_state is not None:
-      strategy_state = strategy.update_state(strategy_state, state.step + 1)
+      strategy_state = strategy.update_state(strategy_state, state.step + 1, total_steps)
     # A non-finite loss or gradient skips the update (the step count still advances, so the
     # next step sees the next batch); the loop counts and reports skipped steps. A gradient is
     # non-finite iff its global norm is (or the norm overflows): one reduction the metrics need
     # anyway, instead of one kernel per leaf.
-    grad_norm, arch_grad_norm = optax.tree.norm(grads), optax.tree.norm(arch_grads)
-    finite = (jnp.isfinite(train_loss) & jnp.isfinite(val_loss) & jnp.isfinite(grad_norm)
-              & jnp.isfinite(arch_grad_norm))
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(train_loss) & jnp.isfinite(grad_norm)
+    if strategy.learns_arch:
+      arch_grad_norm = optax.tree.norm(arch_grads)
+      finite = finite & jnp.isfinite(val_loss) & jnp.isfinite(arch_grad_norm)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     new_state = SearchState(
         state.step + 1, *keep((params, arch, batch_stats, weight_opt_state, arch_opt_state,
@@ -224,12 +239,15 @@ def make_search_step(model: nn.Module, strategy: Strategy, weight_tx, arch_tx, *
     metrics = {
         "train_loss": train_loss,
         "train_acc": _accuracy(logits, batch_train["label"]),
-        "val_batch_loss": val_loss,
-        "val_batch_acc": _accuracy(val_logits, batch_val["label"]),
         "grad_norm": grad_norm,
-        "arch_grad_norm": arch_grad_norm,
         "skipped": jnp.logical_not(finite).astype(jnp.int32),
     }
+    if strategy.learns_arch:
+      metrics.update(val_batch_loss=val_loss,
+                     val_batch_acc=_accuracy(val_logits, batch_val["label"]),
+                     arch_grad_norm=arch_grad_norm)
+    if strategy.metrics is not None:
+      metrics.update(strategy.metrics(state.arch, state.strategy_state))
     return new_state, metrics
 
   if jit:
@@ -241,14 +259,15 @@ def make_search_step(model: nn.Module, strategy: Strategy, weight_tx, arch_tx, *
 def make_eval_step(model: nn.Module, strategy: Strategy, *, cpu_preset: Optional[str] = None):
   """``eval_step(state, batch) -> {loss_sum, correct, n}``, BatchNorm in eval mode.
 
-  The supernet at the state's op weights, BatchNorm normalising with its running statistics
+  The supernet at the strategy's evaluation op weights (``dnas.strategies.eval_weights``: for
+  DARTS ``softmax(alpha)``), BatchNorm normalising with its running statistics
   (``state.batch_stats``), as NAS-Bench-201's ``valid_func`` (``network.eval()``) evaluates it.
   Examples labelled ``-1`` (``dnas.data.eval_batches(..., pad=True)``) are left out of the sums.
   """
 
   @functools.partial(compiler.jit, cpu_preset=cpu_preset)
   def eval_step(state: SearchState, batch: Batch):
-    op_weights = strategy.mix(state.arch, state.strategy_state, state.key)
+    op_weights = eval_weights(strategy, state.arch, state.strategy_state)
     logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
                          batch["image"], op_weights, train=False)
     labels = batch["label"]

@@ -1,7 +1,9 @@
 """Strategies: relaxations of alpha and its gradients."""
 
-from dnas.strategies.base import BilevelProblem, derive_weights, Strategy
+from dnas.strategies import registry
+from dnas.strategies.base import BilevelProblem, derive_weights, eval_weights, Strategy
 from dnas.strategies.darts import darts, make_virtual_step, softmax_mix
 
-__all__ = ["BilevelProblem", "Strategy", "darts", "derive_weights", "make_virtual_step",
+__all__ = ["BilevelProblem", "Strategy", "darts", "derive_weights", "eval_weights",
+           "make_virtual_step", "registry",
            "softmax_mix"]

@@ -7,12 +7,24 @@ A strategy is a NamedTuple of pure functions, in the manner of an optax ``Gradie
 * ``arch_grad(problem, params, arch, state, key) -> (grads, aux)``: alpha's gradient of the
   upper-level objective; ``aux`` holds ``val_loss`` and ``val_logits``.
 * ``regularizer(arch) -> scalar`` (optional): added to the upper-level loss.
-* ``update_state(state, step) -> state`` (optional): the strategy's state after ``step`` steps
-  (a temperature schedule).
+* ``update_state(state, step, total_steps) -> state`` (optional): the strategy's state after
+  ``step`` of the run's ``total_steps`` steps (a temperature schedule); called in the step.
 * ``derive_weights(arch, state) -> op_weights`` (optional): the deterministic op weights a
   genotype is derived and drawn from, needing no key; by default ``mix(arch, state, None)``
   (right for deterministic relaxations such as DARTS' softmax; a sampling strategy gives its
   expected or noise-free weights). ``derive_weights(strategy, arch, state)`` calls it.
+* ``eval_weights(arch, state) -> op_weights`` (optional): the op weights the supernet is
+  evaluated at on the validation split (eval mode); by default the derive weights.
+  ``eval_weights(strategy, arch, state)`` calls it.
+* ``metrics(arch, state) -> {name: scalar}`` (optional): strategy-specific figures (temperature,
+  entropy) logged with the step's others.
+* ``learns_arch`` (default True): False for strategies that train the weights alone (SPOS,
+  RSPS), whose step then skips the architecture pass; their genotype comes from ``select``.
+* ``select`` (optional): for a strategy that does not learn alpha, how the loop picks the
+  genotype after training (a ``dnas.oneshot`` selection's settings).
+
+Op weights are, per cell type, a dense ``[E, K]`` array or a ``dnas.types.SampledOps`` (one
+op per edge, computed alone).
 
 Strategies never own an optimizer: alpha is stepped by an ordinary optax transformation.
 """
@@ -49,8 +61,12 @@ class Strategy(NamedTuple):
   mix: Callable[[Arch, Any, PRNGKey], Any]
   arch_grad: Callable[[BilevelProblem, Params, Arch, Any, PRNGKey], Any]
   regularizer: Optional[Callable[[Arch], Any]] = None
-  update_state: Optional[Callable[[Any, Any], Any]] = None
+  update_state: Optional[Callable[[Any, Any, Any], Any]] = None
   derive_weights: Optional[Callable[[Arch, Any], Any]] = None
+  eval_weights: Optional[Callable[[Arch, Any], Any]] = None
+  metrics: Optional[Callable[[Arch, Any], Any]] = None
+  learns_arch: bool = True
+  select: Any = None
 
 
 def derive_weights(strategy: Strategy, arch: Arch, state: Any) -> Any:
@@ -61,4 +77,12 @@ def derive_weights(strategy: Strategy, arch: Arch, state: Any) -> Any:
   return strategy.mix(arch, state, None)
 
 
-__all__ = ["BilevelProblem", "Strategy", "BatchStats", "derive_weights"]
+def eval_weights(strategy: Strategy, arch: Arch, state: Any) -> Any:
+  """The op weights the supernet is evaluated at (``strategy.eval_weights``, else the derive
+  weights)."""
+  if strategy.eval_weights is not None:
+    return strategy.eval_weights(arch, state)
+  return derive_weights(strategy, arch, state)
+
+
+__all__ = ["BilevelProblem", "Strategy", "BatchStats", "derive_weights", "eval_weights"]

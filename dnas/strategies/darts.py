@@ -50,6 +50,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dnas.strategies import registry
 from dnas.strategies.base import BilevelProblem, Strategy
 
 
@@ -104,7 +105,7 @@ def make_virtual_step(virtual_step: str = "paper",
     w2 = step_fn(problem, params, grad_w)   # w - 0.025 * (0.9 * m + grad_w + 3e-4 * w)
   """
   if virtual_step not in VIRTUAL_STEPS:
-    raise ValueError(f"search.virtual_step must be one of {list(VIRTUAL_STEPS)}, got "
+    raise ValueError(f"search.darts.virtual_step must be one of {list(VIRTUAL_STEPS)}, got "
                      f"{virtual_step!r}")
 
   def step_fn(problem: BilevelProblem, params, grads):
@@ -147,11 +148,11 @@ def darts(order: int = 1, hessian: str = "exact", fd_epsilon: float = 0.01,
     step_fn = make_search_step(model, strategy, weight_tx, arch_tx)
   """
   if order not in (1, 2):
-    raise ValueError(f"search.order must be 1 or 2, got {order!r}")
+    raise ValueError(f"search.darts.order must be 1 or 2, got {order!r}")
   if hessian not in ("exact", "finite_difference"):
-    raise ValueError(f"search.hessian must be 'exact' or 'finite_difference', got {hessian!r}")
+    raise ValueError(f"search.darts.hessian must be 'exact' or 'finite_difference', got {hessian!r}")
   if virtual_step not in VIRTUAL_STEPS:
-    raise ValueError(f"search.virtual_step must be one of {list(VIRTUAL_STEPS)}, got "
+    raise ValueError(f"search.darts.virtual_step must be one of {list(VIRTUAL_STEPS)}, got "
                      f"{virtual_step!r}")
   if order == 2 and virtual_step == "paper" and learning_rate is None:
     raise ValueError("virtual_step='paper' needs the weight learning_rate (xi of eq. 7): pass "
@@ -206,3 +207,14 @@ def _count(opt_state):
     raise ValueError("the weight optimizer's state has no step count to evaluate the learning "
                      "rate schedule at; pass a float learning_rate")
   return found[0][1]
+
+
+@registry.register("darts", defaults={"order": 1, "hessian": "exact", "virtual_step": "paper",
+                                       "fd_epsilon": 0.01})
+def _build(options, context: registry.StrategyContext) -> Strategy:
+  """``search.strategy="darts"``: ``search.darts.{order, hessian, virtual_step, fd_epsilon}``;
+  the virtual step takes the weight optimizer's learning rate, momentum and weight decay."""
+  return darts(order=options["order"], hessian=options["hessian"],
+               fd_epsilon=options["fd_epsilon"], learning_rate=context.learning_rate,
+               virtual_step=options["virtual_step"], momentum=context.momentum,
+               weight_decay=context.weight_decay)
