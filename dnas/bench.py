@@ -178,7 +178,7 @@ def _bench_search(config, steps, num_classes, image_shape, cpu_preset):
   weight_tx, schedule = train_lib.search_weight_optimizer(c, 10_000)
   arch_tx = search.darts_arch_optimizer(c.search.arch_learning_rate,
                                         weight_decay=c.search.arch_weight_decay)
-  strategy = train_lib.make_strategy(c, schedule)
+  strategy = train_lib.make_strategy(c, schedule, total_steps=10_000, steps_per_epoch=1_000)
   key = jax.random.key(c.seed)
   batch = _random_batch(key, c.data.batch_size, image_shape, num_classes)
   state = compiler.jit(lambda k: search.init_search_state(model, strategy, weight_tx, arch_tx, k,
@@ -186,14 +186,16 @@ def _bench_search(config, steps, num_classes, image_shape, cpu_preset):
                        cpu_preset=cpu_preset, ynn_fusions=ynn)(key)
   step = search.make_search_step(model, strategy, weight_tx, arch_tx, cpu_preset=cpu_preset,
                                  ynn_fusions=ynn,
-                                 update_order=c.search.get("update_order", "arch_first"))
+                                 update_order=c.search.get("update_order", "arch_first"),
+                                 total_steps=10_000)
   r = time_step(step, (state, batch, batch), steps, lambda out, a: (out[0],) + tuple(a[1:]))
   # A search step trains on one batch and updates alpha on another.
   r["images_per_s"] = (round(2 * c.data.batch_size / (r["step_ms_median"] / 1e3), 1)
                        if r["step_ms_median"] else None)
   return {"benchmark": "search", **device_info(), "space": c.model.space,
           "channels": c.model.channels, "layers": c.model.layers, "nodes": c.model.nodes,
-          "batch": c.data.batch_size, "order": c.search.order,
+          "batch": c.data.batch_size, "strategy": train_lib.strategy_name(c),
+          "options": train_lib.strategy_options(c),
           "precision": c.get("precision", "default"),
           "depthwise": layers._depthwise_impl(),  # pylint: disable=protected-access
           "compiler_options": compiler.options(cpu_preset, ynn), **r}

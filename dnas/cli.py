@@ -1,4 +1,4 @@
-"""The ``dnas`` command: a thin entry point over ``dnas.train_lib``.
+"""The ``dnas`` command: a thin entry point over ``dnas.train_lib`` (the loops).
 
 Usage::
 
@@ -52,9 +52,22 @@ class UsageError(Exception):
 
 
 def _load_genotype(spec: str):
-  from dnas import genotypes, published  # pylint: disable=g-import-not-at-top
+  from dnas import genotypes, plugins, published  # pylint: disable=g-import-not-at-top
   if os.path.exists(spec) or spec.endswith(".json"):
-    return genotypes.load(spec)
+    # A run folder's genotype: first the modules that run imported (its ops may be the user's).
+    folder = os.path.dirname(os.path.abspath(spec))
+    imported = plugins.from_run_folder(folder)
+    try:
+      return genotypes.load(spec)
+    except genotypes.GenotypeError as e:
+      if "unknown op" not in str(e):
+        raise
+      where = os.path.join(folder, "config.json")
+      said = (f"the run that wrote it imported {imported} ({where})" if imported else
+              f"{where} records no imports" if os.path.exists(where) else
+              f"no {where} says which modules registered its ops")
+      raise genotypes.GenotypeError(f"{e}; {said}: list the module that registers the op in "
+                                    f"the config's imports") from None
   if spec.startswith("|"):  # a NAS-Bench-201 arch string
     return genotypes.NB201Genotype.from_arch(spec, where="--genotype")
   return published.get(spec)
@@ -195,6 +208,12 @@ def run(argv: List[str]) -> int:
   except (AttributeError, KeyError) as e:
     # ml_collections raises these for an override of a key the config lacks.
     raise UsageError(_unknown_override(fv, argv, e)) from None
+  if fv.config is not None and "imports" in fv.config:
+    # The user's modules, before anything is validated; .py paths from the working directory,
+    # else the config file's folder, recorded absolute in the run folder's config.json.
+    from dnas import plugins  # pylint: disable=g-import-not-at-top
+    base = os.path.dirname(os.path.abspath(config_flags.get_config_filename(fv["config"])))
+    fv.config.imports = tuple(plugins.load(fv.config.imports, base_dir=base))
   if rest[1:2] and rest[1] in ("search", "train", "bench"):
     from dnas import compiler  # pylint: disable=g-import-not-at-top
     # Process flags, set before JAX starts its backends.
@@ -239,6 +258,8 @@ def run(argv: List[str]) -> int:
   # plot
   from dnas import plot, train_lib  # pylint: disable=g-import-not-at-top
   if fv.workdir:
+    from dnas import plugins  # pylint: disable=g-import-not-at-top
+    plugins.from_run_folder(fv.workdir)  # the run's own ops, for its genotype
     files = train_lib.draw(fv.workdir)
   elif fv.genotype:
     files = plot.draw_genotype(_load_genotype(fv.genotype), fv.out or ".", stem="genotype")
@@ -249,9 +270,10 @@ def run(argv: List[str]) -> int:
 
 
 def _user_errors():
-  from dnas import data, genotypes, published, train_lib  # pylint: disable=g-import-not-at-top
+  from dnas import data, genotypes, plugins, published, train_lib  # pylint: disable=g-import-not-at-top
   return (UsageError, train_lib.ConfigError, train_lib.CheckpointError, data.DataError,
-          genotypes.GenotypeError, published.UnknownGenotypeError, FileNotFoundError)
+          genotypes.GenotypeError, published.UnknownGenotypeError, FileNotFoundError,
+          plugins.PluginError)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

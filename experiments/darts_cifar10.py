@@ -22,7 +22,7 @@ Runtime here: see README's results table (only measured figures are quoted there
 What dnas does as DARTS' code does (quark0/darts ``cnn/train_search.py``, ``cnn/architect.py``):
 alpha steps first, then the weights at the new alpha (``search.update_order="arch_first"``,
 ``train``); the second-order virtual step is ``w - xi * (mu * m + g + lambda * w)`` without the
-weight step's clipping (``search.virtual_step="paper"``, ``Architect._compute_unrolled_model``);
+weight step's clipping (``search.darts.virtual_step="paper"``, ``Architect._compute_unrolled_model``);
 after every epoch the validation half is evaluated with BatchNorm in eval mode (``infer``,
 ``model.eval()``: the ``"split": "val"`` lines of ``metrics.jsonl``); the genotype reported is
 the final epoch's. Matmuls and convolutions run in full float32 (``precision="highest"``).
@@ -43,9 +43,13 @@ Where dnas differs, and why:
 
 import ml_collections
 
+VARIANTS = ("first_order", "second_order", "smoke")
+
 
 def get_config(variant: str = "first_order") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
+  # Modules or .py files that register the user's ops, op sets, spaces or strategies.
+  c.imports = ()
   c.seed = 2
 
   c.data = ml_collections.ConfigDict()
@@ -64,6 +68,7 @@ def get_config(variant: str = "first_order") -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.space = "darts"
   c.model.op_set = "darts"
+  c.model.ops = ()  # or the candidate ops by name, in place of op_set
   c.model.channels = 16
   c.model.layers = 8
   c.model.nodes = 4
@@ -78,11 +83,13 @@ def get_config(variant: str = "first_order") -> ml_collections.ConfigDict:
   c.model.remat = True
 
   c.search = ml_collections.ConfigDict()
-  c.search.order = 1
-  c.search.hessian = "exact"  # or "finite_difference" (DARTS eq. 8) for order 2
+  c.search.strategy = "darts"  # dnas.strategies.registry; its options under c.search.darts
+  c.search.darts = ml_collections.ConfigDict()
+  c.search.darts.order = 1
+  c.search.darts.hessian = "exact"  # or "finite_difference" (DARTS eq. 8) for order 2
   # Second order: "paper" (eq. 7 as DARTS' code: plain momentum, no clipping) or "optimizer"
   # (one step of the real weight optimizer, clipping and Nesterov included).
-  c.search.virtual_step = "paper"
+  c.search.darts.virtual_step = "paper"
   c.search.update_order = "arch_first"  # DARTS: alpha, then the weights ("weights_first")
   c.search.epochs = 50
   c.search.learning_rate = 0.025
@@ -107,7 +114,7 @@ def get_config(variant: str = "first_order") -> ml_collections.ConfigDict:
   if variant == "first_order":
     pass
   elif variant == "second_order":
-    c.search.order = 2
+    c.search.darts.order = 2
   elif variant == "smoke":
     c.data.batch_size = 16
     c.data.train_size = 512
@@ -119,5 +126,5 @@ def get_config(variant: str = "first_order") -> ml_collections.ConfigDict:
     c.log_every_steps = 4
     c.checkpoint_every_steps = 8
   else:
-    raise ValueError(f"unknown variant {variant!r}; valid: first_order, second_order, smoke")
+    raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
   return c

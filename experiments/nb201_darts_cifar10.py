@@ -36,7 +36,7 @@ NAS-Bench-201's protocol (``exps/algos/DARTS-V1.py`` and ``DARTS-V2.py``), as dn
   (``"arch_first"``, the second_order variant).
 * DARTS-V2's virtual step (``backward_step_unrolled``) is ``w - lr * (mu * m + g + wd * w)``:
   no clipping and no Nesterov, although the real weight step has both
-  (``search.virtual_step="paper"``; ``"optimizer"`` steps through the real optimizer).
+  (``search.darts.virtual_step="paper"``; ``"optimizer"`` steps through the real optimizer).
 * After every epoch, ``valid_func`` evaluates the whole validation half, unaugmented, with
   ``network.eval()``: the ``"split": "val"`` lines of ``metrics.jsonl`` (``val_acc``).
 * The genotype reported is the last epoch's (``genotypes[total_epoch-1]``, the one DARTS-V1.py
@@ -57,9 +57,13 @@ README's results table); the smoke variant takes well under a minute on a CPU, m
 
 import ml_collections
 
+VARIANTS = ("first_order", "second_order", "smoke")
+
 
 def get_config(variant: str = "first_order") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
+  # Modules or .py files that register the user's ops, op sets, spaces or strategies.
+  c.imports = ()
   c.seed = 2
 
   c.data = ml_collections.ConfigDict()
@@ -78,6 +82,7 @@ def get_config(variant: str = "first_order") -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.space = "nb201"
   c.model.op_set = "nb201"
+  c.model.ops = ()  # or the candidate ops by name, in place of op_set
   c.model.channels = 16
   c.model.layers = 5        # cells per stage (N)
   c.model.nodes = 3
@@ -90,11 +95,13 @@ def get_config(variant: str = "first_order") -> ml_collections.ConfigDict:
   c.model.remat = True
 
   c.search = ml_collections.ConfigDict()
-  c.search.order = 1
-  c.search.hessian = "exact"  # or "finite_difference" (DARTS eq. 8) for order 2
+  c.search.strategy = "darts"  # dnas.strategies.registry; its options under c.search.darts
+  c.search.darts = ml_collections.ConfigDict()
+  c.search.darts.order = 1
+  c.search.darts.hessian = "exact"  # or "finite_difference" (DARTS eq. 8) for order 2
   # Second order: "paper" (DARTS-V2's step: plain momentum, no clipping, no Nesterov) or
   # "optimizer" (one step of the real weight optimizer: clipped, Nesterov).
-  c.search.virtual_step = "paper"
+  c.search.darts.virtual_step = "paper"
   c.search.update_order = "weights_first"  # DARTS-V1; DARTS-V2 (second_order): "arch_first"
   c.search.epochs = 50
   c.search.learning_rate = 0.025
@@ -121,7 +128,7 @@ def get_config(variant: str = "first_order") -> ml_collections.ConfigDict:
   if variant == "first_order":
     pass
   elif variant == "second_order":
-    c.search.order = 2
+    c.search.darts.order = 2
     c.search.update_order = "arch_first"
   elif variant == "smoke":
     c.data.batch_size = 16
@@ -133,5 +140,5 @@ def get_config(variant: str = "first_order") -> ml_collections.ConfigDict:
     c.log_every_steps = 4
     c.checkpoint_every_steps = 8
   else:
-    raise ValueError(f"unknown variant {variant!r}; valid: first_order, second_order, smoke")
+    raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
   return c

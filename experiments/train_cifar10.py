@@ -27,9 +27,13 @@ space's best cell at 94.37 % (CIFAR-10, 200 epochs).
 
 import ml_collections
 
+VARIANTS = ("default", "smoke", "nb201")
+
 
 def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
+  # Modules or .py files that register the user's ops (a genotype's ops must be registered).
+  c.imports = ()
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
@@ -115,5 +119,5 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     c.train.aux_weight = 0.0
     c.train.drop_path_prob = 0.0
   else:
-    raise ValueError(f"unknown variant {variant!r}; valid: default, smoke, nb201")
+    raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
   return c

@@ -35,9 +35,13 @@ figure is quoted until measured (see README's results table).
 
 import ml_collections
 
+VARIANTS = ("default", "smoke")
+
 
 def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
+  # Modules or .py files that register the user's ops (a genotype's ops must be registered).
+  c.imports = ()
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
@@ -115,5 +119,5 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     c.log_every_steps = 2
     c.checkpoint_every_steps = 4
   else:
-    raise ValueError(f"unknown variant {variant!r}; valid: default, smoke")
+    raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
   return c

@@ -148,19 +148,6 @@ def test_no_cache_folder_means_no_saved_trace(tmp_path):
   assert calls and not list(tmp_path.iterdir())
 
 
-def test_runs_with_a_users_op_do_not_use_saved_traces():
-  assert train_lib._builtin_ops(DARTS.ops)  # pylint: disable=protected-access
-  darts_v2 = published.get("DARTS_V2")
-  assert darts_v2.ops[:2] == ("sep_conv_3x3", "sep_conv_3x3") and len(darts_v2.ops) == 16
-  assert train_lib._builtin_ops(darts_v2.ops)  # pylint: disable=protected-access
-  with registry.temporary("my_op", lambda channels, stride: None):
-    assert not train_lib._builtin_ops(  # pylint: disable=protected-access
-        ("none", "skip_connect", "my_op"))
-    mine = genotypes.NB201Genotype.from_arch("|my_op~0|+|none~0|skip_connect~1|")
-    assert mine.ops == ("my_op", "none", "skip_connect")
-    assert not train_lib._builtin_ops(mine.ops)  # pylint: disable=protected-access
-
-
 def _config(name, archive, cache, **overrides):
   c = train_lib.load_config(os.path.join(REPO, "experiments", name), "smoke")
   c.update_from_flattened_dict({"data.path": archive, "compilation_cache_dir": str(cache),

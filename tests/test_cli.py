@@ -13,7 +13,7 @@ import pytest
 
 from flax import serialization
 
-from dnas import cli, discretize, genotypes, published, train_lib
+from dnas import cli, discretize, genotypes, published, search_loop, train_lib
 from dnas.ops import sets
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -160,8 +160,8 @@ def test_nb201_search_smoke(cifar10_archive, tmp_path, caches, fast_compile, cap
     seen.append(jax.config.jax_default_matmul_precision)
     return real_make_strategy(*args)
 
-  real_make_strategy = train_lib.make_strategy
-  monkeypatch.setattr(train_lib, "make_strategy", make_strategy)
+  real_make_strategy = search_loop.make_strategy
+  monkeypatch.setattr(search_loop, "make_strategy", make_strategy)
   result = train_lib.run_search(c, str(work))
   assert seen == ["highest"] and jax.config.jax_default_matmul_precision != "highest"
   assert result["step"] == 8

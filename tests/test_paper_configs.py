@@ -1,6 +1,7 @@
 """The experiment configs are the papers' methods: virtual step, step order, split, precision."""
 
 import glob
+import importlib.util
 import json
 import os
 
@@ -18,29 +19,42 @@ SHARED_SPLIT = os.environ.get(
 
 
 def _variants(path):
-  """Every variant a config file accepts (from the error message listing them)."""
-  with pytest.raises(ValueError, match="valid:") as e:
+  """Every variant a config file accepts (its module's ``VARIANTS``), after checking that an
+  unknown one is refused with the list."""
+  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  with pytest.raises(ValueError, match="valid: " + ", ".join(module.VARIANTS)):
     train_lib.load_config(path, "no-such-variant")
-  return [v.strip() for v in str(e.value).split("valid:")[1].split(",")]
+  return list(module.VARIANTS)
 
 
-SEARCH_CONFIGS = sorted(glob.glob(os.path.join(REPO, "experiments", "*darts*.py")))
+SEARCH_CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO, "experiments", "*.py"))
+                        if not os.path.basename(p).startswith("train_"))
+DARTS_CONFIGS = sorted(glob.glob(os.path.join(REPO, "experiments", "*darts*.py")))
 TRAIN_CONFIGS = sorted(glob.glob(os.path.join(REPO, "experiments", "train_*.py")))
 
 
 def test_every_config_is_found():
-  assert len(SEARCH_CONFIGS) >= 2 and len(TRAIN_CONFIGS) >= 2
+  assert len(DARTS_CONFIGS) >= 2 and len(TRAIN_CONFIGS) >= 2
 
 
 @pytest.mark.parametrize("path", SEARCH_CONFIGS, ids=os.path.basename)
-def test_search_configs_use_the_papers_virtual_step_and_full_precision(path):
+def test_search_configs_validate_in_full_precision(path):
   for variant in _variants(path):
     c = train_lib.load_config(path, variant)
     train_lib.validate_search_config(c)
-    assert c.search.virtual_step == "paper", variant
     assert c.precision == "highest", variant
+    assert c.search.strategy in os.path.basename(path), variant  # nb201_<strategy>_cifar10.py
+
+
+@pytest.mark.parametrize("path", DARTS_CONFIGS, ids=os.path.basename)
+def test_darts_configs_use_the_papers_virtual_step(path):
+  for variant in _variants(path):
+    c = train_lib.load_config(path, variant)
+    assert c.search.darts.virtual_step == "paper", variant
   c = train_lib.load_config(path, "second_order")
-  assert c.search.order == 2 and c.search.virtual_step == "paper"
+  assert c.search.darts.order == 2 and c.search.darts.virtual_step == "paper"
 
 
 def test_step_order_and_split_of_each_paper():
@@ -67,13 +81,19 @@ def test_train_configs_train_in_float32(path):
 
 def test_bad_protocol_values_name_the_key():
   c = train_lib.load_config(os.path.join(REPO, "experiments", "darts_cifar10.py"))
-  for key, value in (("search.virtual_step", "exact"), ("search.update_order", "both"),
+  for key, value in (("search.darts.virtual_step", "exact"), ("search.update_order", "both"),
                      ("data.split", "nb101"), ("precision", "float32")):
     bad = c.copy_and_resolve_references()
-    section, _, name = key.rpartition(".")
-    (bad[section] if section else bad)[name] = value
-    with pytest.raises(train_lib.ConfigError, match=f"config.{key}: unknown value"):
+    bad.update_from_flattened_dict({key: value})
+    with pytest.raises(train_lib.ConfigError, match=f"config.{key}: .*'exact'|config.{key}: "
+                       f"unknown value"):
       train_lib.validate_search_config(bad)
+  bad = c.copy_and_resolve_references()
+  with bad.unlocked():
+    bad.search.virtual_step = "paper"  # DARTS' options live under search.darts
+  with pytest.raises(train_lib.ConfigError, match="config.search.virtual_step: DARTS' options "
+                     "live under config.search.darts"):
+    train_lib.validate_search_config(bad)
   bad = c.copy_and_resolve_references()
   bad.data.split, bad.data.train_portion = "nb201", 0.7
   with pytest.raises(train_lib.ConfigError, match="config.data.train_portion"):
@@ -101,18 +121,18 @@ def test_nb201_split_equals_the_published_file():
 
 def test_search_indices_takes_the_nb201_split_only_for_cifar_in_its_order():
   c = train_lib.load_config(os.path.join(REPO, "experiments", "nb201_darts_cifar10.py"))
-  tr, va, desc = train_lib.search_indices(c, 50_000)  # TFDS' cifar10: the original order
+  tr, va, name, desc = train_lib.search_indices(c, 50_000)  # TFDS' cifar10: the original order
   np.testing.assert_array_equal(tr, splits.nb201_cifar_split()[0])
   np.testing.assert_array_equal(va, splits.nb201_cifar_split()[1])
-  assert desc.startswith("nb201")
+  assert name == "nb201" and desc.startswith("nb201")
   for change, why in ((("data", "path", "cifar10.tar.gz"), "local copy"),
                       (("data", "train_size", 512), "train_size"),
                       (("data", "name", "svhn_cropped"), "svhn_cropped")):
     d = c.copy_and_resolve_references()
     d[change[0]][change[1]] = change[2]
     n = 512 if change[1] == "train_size" else 50_000
-    tr, va, desc = train_lib.search_indices(d, n)
-    assert desc.startswith("seeded") and why in desc, desc
+    tr, va, name, desc = train_lib.search_indices(d, n)
+    assert name == "seeded" and desc.startswith("seeded") and why in desc, desc
     assert len(tr) + len(va) == n and not set(tr) & set(va)
     assert not np.array_equal(tr[:100], splits.nb201_cifar_split()[0][:100])
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, Tuple
+import inspect
+from typing import Any, Dict, NamedTuple, Tuple
 
 from dnas.ops import registry
 
@@ -46,3 +47,72 @@ DARTS = OpSet(
     bn_after=("max_pool_3x3", "avg_pool_3x3"))
 
 NB201 = OpSet("nb201", ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"))
+
+
+# Op sets by name (``config.model.op_set``); the built-ins first.
+_REGISTRY: Dict[str, OpSet] = {}
+_REGISTERED_BY: Dict[str, Any] = {}
+
+
+class UnknownOpSetError(KeyError):
+  """An op set name that is not registered."""
+
+  def __str__(self):
+    return str(self.args[0])
+
+
+def register(op_set: OpSet, *, overwrite: bool = False) -> OpSet:
+  """Registers ``op_set`` under ``op_set.name`` (its ops need not be registered yet).
+
+  Returns:
+    ``op_set``, so that ``MY_SET = register(OpSet("mine", (...)))`` reads naturally.
+
+  Raises:
+    ValueError: the name is taken and ``overwrite`` is False.
+  """
+  if not isinstance(op_set, OpSet):
+    raise TypeError(f"register takes an OpSet, got {type(op_set).__name__}")
+  if op_set.name in _REGISTRY and not overwrite:
+    raise ValueError(f"op set {op_set.name!r} is already registered; registered op sets: "
+                     f"{sorted(_REGISTRY)}. Pass overwrite=True to replace it.")
+  _REGISTRY[op_set.name] = op_set
+  frame = inspect.currentframe().f_back
+  _REGISTERED_BY[op_set.name] = frame.f_globals.get("__name__") if frame else None
+  return op_set
+
+
+def unregister(name: str) -> None:
+  """Removes a registered op set (mainly for tests)."""
+  get(name)
+  del _REGISTRY[name]
+  _REGISTERED_BY.pop(name, None)
+
+
+def get(name: str) -> OpSet:
+  """The op set registered as ``name``; the error lists the valid names."""
+  try:
+    return _REGISTRY[name]
+  except (KeyError, TypeError):
+    raise UnknownOpSetError(f"config.model.op_set: unknown op set {name!r}; registered op sets: "
+                            f"{', '.join(sorted(_REGISTRY))} (or list the ops in "
+                            f"config.model.ops)") from None
+
+
+def names() -> list:
+  """The registered op set names, sorted."""
+  return sorted(_REGISTRY)
+
+
+class _Module:
+  def __init__(self, name):
+    self.__module__ = name
+
+
+def registered_by(name: str) -> Any:
+  """An object whose ``__module__`` is the module that registered op set ``name``."""
+  get(name)
+  return _Module(_REGISTERED_BY.get(name))
+
+
+register(DARTS)
+register(NB201)

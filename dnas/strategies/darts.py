@@ -105,7 +105,7 @@ def make_virtual_step(virtual_step: str = "paper",
     w2 = step_fn(problem, params, grad_w)   # w - 0.025 * (0.9 * m + grad_w + 3e-4 * w)
   """
   if virtual_step not in VIRTUAL_STEPS:
-    raise ValueError(f"search.darts.virtual_step must be one of {list(VIRTUAL_STEPS)}, got "
+    raise ValueError(f"virtual_step must be one of {list(VIRTUAL_STEPS)}, got "
                      f"{virtual_step!r}")
 
   def step_fn(problem: BilevelProblem, params, grads):
@@ -148,11 +148,11 @@ def darts(order: int = 1, hessian: str = "exact", fd_epsilon: float = 0.01,
     step_fn = make_search_step(model, strategy, weight_tx, arch_tx)
   """
   if order not in (1, 2):
-    raise ValueError(f"search.darts.order must be 1 or 2, got {order!r}")
+    raise ValueError(f"order must be 1 or 2, got {order!r}")
   if hessian not in ("exact", "finite_difference"):
-    raise ValueError(f"search.darts.hessian must be 'exact' or 'finite_difference', got {hessian!r}")
+    raise ValueError(f"hessian must be 'exact' or 'finite_difference', got {hessian!r}")
   if virtual_step not in VIRTUAL_STEPS:
-    raise ValueError(f"search.darts.virtual_step must be one of {list(VIRTUAL_STEPS)}, got "
+    raise ValueError(f"virtual_step must be one of {list(VIRTUAL_STEPS)}, got "
                      f"{virtual_step!r}")
   if order == 2 and virtual_step == "paper" and learning_rate is None:
     raise ValueError("virtual_step='paper' needs the weight learning_rate (xi of eq. 7): pass "

@@ -1,0 +1,286 @@
+"""The search loop: ``run_search(config, workdir)``.
+
+It reads a config (see ``experiments/darts_cifar10.py``; validated and resolved by
+``dnas.run_config``), loads the data, builds the supernet, strategy and optimizers, and steps
+``make_search_step`` until ``search.epochs`` are done; the run folder's files are handled by
+``dnas.run_io``. Retraining is ``dnas.train_loop``. The run folder holds::
+
+    config.json          the resolved config
+    metrics.jsonl        one line per log interval, and at every epoch's end one
+                         ``"split": "val"`` line: the whole validation split evaluated with
+                         BatchNorm in eval mode (``val_acc``, ``val_loss``, ``n``, genotype)
+    checkpoint.msgpack   the whole SearchState, written atomically every few steps and per epoch
+    alpha_history.json   the strategy's derive weights (softmax(alpha) for DARTS) per epoch
+    events.out.tfevents.*  TensorBoard scalars, one write per log interval (tensorboardX)
+    genotype.json        the derived genotype, updated every epoch
+    plots/               the cells (PNG, PDF, DOT) and the op-weight heatmap
+
+Running it again on the same folder resumes from the checkpoint, under the config (and, for
+retraining, the genotype) that wrote it: a value that changes the run is refused before anything
+is written (``RESUMABLE_KEYS`` may change: paths, logging, checkpoint interval, compiler
+settings). Batches are pure functions of ``(seed, step)``, so a resumed run ends where an
+uninterrupted one does, bit for bit, however it was stopped (``tests/test_robustness.py`` kills
+it). Every file is written atomically; what a killed run logged after its last checkpoint is
+dropped on resume and logged again. SIGTERM or SIGINT stops the loop after the current step,
+checkpoints, prints how to resume and returns normally (``dnas search`` and ``dnas train`` exit
+with status 0).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from typing import Any, Dict, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from dnas import aot, compiler, discretize, genotypes, io, plot, plugins, run_io, search
+from dnas import data as data_lib
+from dnas import strategies
+from dnas.run_config import (make_strategy, resolve_op_set, search_indices,
+                             search_weight_optimizer, validate_search_config, build_search_model)
+
+
+class NonFiniteError(RuntimeError):
+  """Too many consecutive steps with a non-finite loss or gradient."""
+
+
+@jax.jit
+def _streak(streak, worst, skipped):
+  streak = jnp.where(skipped > 0, streak + 1, 0)
+  return streak, jnp.maximum(worst, streak)
+
+
+def _write_artifacts(workdir, model, op_weights, history, op_set):
+  g = discretize.derive(model, op_weights)
+  genotypes.save(g, os.path.join(workdir, "genotype.json"))
+  io.atomic_write_json(os.path.join(workdir, "alpha_history.json"),
+                       {"ops": list(op_set.ops),
+                        "epochs": {k: np.asarray(v).tolist() for k, v in history.items()}})
+  return g
+
+
+def draw(workdir: str) -> list:
+  """Draws a run folder's genotype and alpha history into ``workdir/plots``."""
+  g = genotypes.load(os.path.join(workdir, "genotype.json"))
+  out = os.path.join(workdir, "plots")
+  files = plot.draw_genotype(g, out, stem="genotype")
+  hist_path = os.path.join(workdir, "alpha_history.json")
+  if os.path.exists(hist_path):
+    with open(hist_path) as f:
+      h = json.load(f)
+    hist = {k: np.asarray(v) for k, v in h["epochs"].items() if len(v)}
+    nb201 = isinstance(g, genotypes.NB201Genotype)
+    # Edges as "node<-source", numbered as the genotype's nodes (DARTS' inputs are 0 and 1).
+    first = 1 if nb201 else 2
+    labels = [f"{first + i}<-{src}" for i in range(len(g.nodes) if nb201 else g.nodes)
+              for src in range(first + i)]
+    if hist:
+      if any(v.shape[1] != len(labels) for v in hist.values()):
+        labels = None
+      for ext in ("png", "pdf"):
+        files.append(plot.draw_alpha_history(hist, h["ops"],
+                                             os.path.join(out, f"alpha_history.{ext}"),
+                                             edge_labels=labels, none_competes=nb201))
+  return files
+
+
+def run_search(config: ml_collections.ConfigDict, workdir: str,
+               stop_after_steps: Optional[int] = None) -> Dict[str, Any]:
+  """Runs (or resumes) a search; returns the final metrics and genotype.
+
+  Args:
+    config: a search config (``experiments/darts_cifar10.py``).
+    workdir: the run folder; an existing checkpoint there is resumed.
+    stop_after_steps: stop (checkpointing) once the global step reaches this; for tests.
+
+  Returns:
+    ``{"genotype": ..., "step": ..., "val_acc": ...}`` (``val_acc``: the last evaluation of the
+    whole validation split); a run stopped early (checkpointed), ``{"step": ..., "stopped":
+    True, "signal": ...}`` (the signal's number, or None).
+  """
+  plugins.load(config.get("imports", ()))
+  validate_search_config(config)
+  with compiler.matmul_precision(config.get("precision", "default")):
+    return _run_search(config, workdir, stop_after_steps)
+
+
+def _run_search(config: ml_collections.ConfigDict, workdir: str,
+                stop_after_steps: Optional[int] = None) -> Dict[str, Any]:
+  # XLA's process flags, as `dnas search` sets them: effective only if JAX has not started.
+  compiler.low_memory_schedule()
+  compiler.no_triton_gemm()
+  c = config
+  os.makedirs(workdir, exist_ok=True)
+  run_io.check_resume(workdir, c)
+  cache_dir = run_io.enable_compilation_cache(c.compilation_cache_dir)
+  io.atomic_write_text(os.path.join(workdir, "config.json"), c.to_json_best_effort(indent=2))
+
+  ds = data_lib.load(c.data.name, path=c.data.path or None, data_dir=c.data.data_dir or None,
+                     cache_dir=c.data.cache_dir or None)
+  images, labels = ds.train_images, ds.train_labels
+  # A seeded random subset: archives list their images class by class.
+  keep = run_io.subset(jax.random.fold_in(jax.random.key(c.seed), 1), len(labels), c.data.train_size)
+  if keep is not None:
+    images, labels = images[keep], labels[keep]
+  tr_idx, va_idx, data_split, split_desc = search_indices(c, len(labels))
+  print(f"data split: {split_desc}", flush=True)
+  train = data_lib.to_device(images[tr_idx], labels[tr_idx])
+  val = data_lib.to_device(images[va_idx], labels[va_idx])
+  bs = c.data.batch_size
+  spe = data_lib.steps_per_epoch(min(len(tr_idx), len(va_idx)), bs)
+  total = spe * c.search.epochs
+
+  op_set = resolve_op_set(c)
+  model = build_search_model(c, ds.num_classes, op_set)
+  weight_tx, schedule = search_weight_optimizer(c, total)
+  arch_tx = search.darts_arch_optimizer(c.search.arch_learning_rate,
+                                        weight_decay=c.search.arch_weight_decay)
+  strategy = make_strategy(c, schedule, total, spe)
+  key = jax.random.key(c.seed)
+  init_key, train_key, val_key = jax.random.split(key, 3)
+
+  t0 = time.time()
+  preset = c.xla_cpu_preset
+  ynn = c.get("xla_cpu_ynn_fusions", False)
+  # Saved traces (dnas.aot) live next to XLA's cache, keyed on the config, the step count and
+  # the source of dnas and of every plug-in.
+  traces = cache_dir
+  trace_key = run_io.trace_key(c, total=total, num_classes=ds.num_classes)
+  init = functools.partial(search.init_search_state, model, strategy, weight_tx, arch_tx,
+                           sample_images=jnp.zeros((2,) + images.shape[1:]))
+  # The state's shapes come from the initialiser's trace (a saved one needs no tracing).
+  init_trace = aot.trace(init, (init_key,), cache_dir=traces, key="search_init\n" + trace_key,
+                         cpu_preset=preset, ynn_fusions=ynn)
+  ckpt = os.path.join(workdir, "checkpoint.msgpack")
+  state, history = None, None
+  if os.path.exists(ckpt):  # the checkpoint holds every array
+    state, history = run_io.load_checkpoint(ckpt, init_trace.out_specs)
+    print(f"resuming {workdir} from step {int(state.step)}", flush=True)
+  sharding = data_lib.batch_sharding(bs)
+  batch_fn = jax.jit(functools.partial(
+      data_lib.get_batch, batch_size=bs, mean=ds.mean, std=ds.std,
+      crop_padding=c.data.crop_padding, flip=c.data.flip, sharding=sharding))
+  mix = jax.jit(functools.partial(strategies.derive_weights, strategy))
+  step_fn = search.make_search_step(model, strategy, weight_tx, arch_tx, jit=False,
+                                    update_order=c.search.get("update_order", "arch_first"),
+                                    total_steps=total)
+  batch_spec = run_io.placed(jax.eval_shape(batch_fn, train, train_key, 0), sharding)
+  examples = (init_trace.out_specs, batch_spec, batch_spec)
+  tc = time.time()
+  state, step_fn, traced, init_end = run_io.init_and_compile(
+      init_trace, state, total, step_fn, examples, cache_dir=traces,
+      key="search_step\n" + trace_key, cpu_preset=preset, ynn_fusions=ynn, donate_argnums=(0,),
+      while_loading=lambda: batch_fn(train, train_key, 0))  # compiles the batch function
+  if history is None:  # a new run
+    history = {k: [] for k in state.arch}
+  run_io.start_clean(workdir, int(state.step))
+  init_s, compile_s = init_end - t0, None
+  if step_fn is not None:
+    compile_s = time.time() - tc
+    print(f"init {init_s:.1f}s, compile {compile_s:.1f}s (alongside init)"
+          f"{'' if traced else ' (saved trace)'}, {total} steps ({spe} per epoch)", flush=True)
+
+  eval_step = search.make_eval_step(model, strategy, cpu_preset=preset)
+  val_images, val_labels = images[va_idx], labels[va_idx]
+  ebs = c.data.get("eval_batch_size", bs)
+
+  def evaluate(state):
+    """The whole validation split, unaugmented, BatchNorm in eval mode."""
+    t = time.time()
+    tot = None
+    for b in data_lib.eval_batches(val_images, val_labels, ebs, ds.mean, ds.std, pad=True):
+      m = eval_step(state, b)
+      tot = m if tot is None else jax.tree.map(jnp.add, tot, m)
+    tot = jax.device_get(tot)
+    n = int(tot["n"])
+    return {"val_acc": float(tot["correct"]) / n, "val_loss": float(tot["loss_sum"]) / n, "n": n,
+            "eval_s": round(time.time() - t, 3)}
+
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  progress = run_io.Progress()
+  step = int(state.step)
+  acc, acc_n = None, 0
+  streak = worst = jnp.zeros((), jnp.int32)
+  t_log, n_log = time.time(), 0
+  last, last_val = {}, {}
+  with run_io.Stopper() as stopper, open(metrics_path, "a") as mfile, \
+      run_io.summary_writer(workdir, step) as tb:
+    while step < total:
+      bt = batch_fn(train, train_key, step)
+      bv = batch_fn(val, val_key, step)
+      state, m = step_fn(state, bt, bv)
+      step += 1
+      acc = m if acc is None else jax.tree.map(jnp.add, acc, m)
+      streak, worst = _streak(streak, worst, m["skipped"])
+      acc_n += 1
+      n_log += 1
+      epoch_end = step % spe == 0
+      if step % c.log_every_steps == 0 or epoch_end or step == total:
+        host, worst_host = jax.device_get((acc, worst))
+        skipped = int(host.pop("skipped"))
+        host = {k: float(v) / acc_n for k, v in host.items()}
+        host["skipped_steps"] = skipped
+        if skipped:
+          print(f"warning: {skipped} of steps {step - acc_n + 1}..{step} had a non-finite loss "
+                f"or gradient and were skipped", file=sys.stderr, flush=True)
+        if int(worst_host) >= c.max_bad_steps:
+          raise NonFiniteError(
+              f"{int(worst_host)} consecutive steps (up to step {step}) had a non-finite loss or "
+              f"gradient (config.max_bad_steps={c.max_bad_steps}); stopping. The last good "
+              f"checkpoint is {ckpt}; lower the learning rates or check the data, then run the "
+              f"same command to resume.")
+        worst = jnp.zeros((), jnp.int32)
+        dt = time.time() - t_log
+        ips = n_log * bs * 2 / max(dt, 1e-9)
+        epoch = (step - 1) // spe
+        last = dict(step=step, epoch=epoch, **host, learning_rate=float(schedule(step)),
+                    images_per_s=ips)
+        mfile.write(json.dumps(last) + "\n")
+        mfile.flush()
+        run_io.add_scalars(tb, "search", last, step)
+        eta = (total - step) * dt / max(n_log, 1)
+        progress.update(epoch, step - epoch * spe, spe, host, ips, eta)
+        acc, acc_n, t_log, n_log = None, 0, time.time(), 0
+      if epoch_end:
+        w = jax.device_get(mix(state.arch, state.strategy_state))
+        for k in history:
+          history[k].append(np.asarray(w[k]))
+        g = _write_artifacts(workdir, model, w, history, op_set)
+        # NAS-Bench-201's valid_func (exps/algos/DARTS-V1.py) after every epoch; the line goes
+        # before the checkpoint, so a run killed in between logs it again on resume.
+        last_val = {"split": "val", "epoch": epoch, "step": step, **evaluate(state),
+                    "genotype": g.to_json(), "data_split": data_split}
+        mfile.write(json.dumps(last_val) + "\n")
+        mfile.flush()
+        run_io.add_scalars(tb, "val", last_val, step)
+        run_io.save_checkpoint(ckpt, state, history)
+        progress.summary(f"epoch {step // spe}/{c.search.epochs} step {step} "
+                         f"train_loss {last['train_loss']:.4f} train_acc {last['train_acc']:.3f} "
+                         f"val_loss {last_val['val_loss']:.4f} val_acc {last_val['val_acc']:.4f} "
+                         f"genotype {json.dumps(g.to_json())}")
+      elif step % c.checkpoint_every_steps == 0:
+        run_io.save_checkpoint(ckpt, state, history)
+      if stopper.signal is not None or (stop_after_steps and step >= stop_after_steps):
+        run_io.save_checkpoint(ckpt, state, history)
+        if stopper.signal is not None:
+          print(f"stopped by signal {stopper.signal} at step {step}; run the same command again "
+                f"to resume from {ckpt}", flush=True)
+        return {"step": step, "stopped": True, "signal": stopper.signal}
+
+  w = jax.device_get(mix(state.arch, state.strategy_state))
+  g = _write_artifacts(workdir, model, w, history, op_set)
+  draw(workdir)
+  return {"step": step, "genotype": g.to_json(), "val_acc": last_val.get("val_acc"),
+          "compile_s": compile_s, "init_s": init_s,
+          "op_weights": {k: np.asarray(v) for k, v in w.items()}}
+
+
+# --------------------------------------------------------------------------------------------
+# Retraining a genotype from scratch.
