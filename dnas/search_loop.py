@@ -12,7 +12,8 @@ It reads a config (see ``experiments/darts_cifar10.py``; validated and resolved 
     checkpoint.msgpack   the whole SearchState, written atomically every few steps and per epoch
     alpha_history.json   the strategy's derive weights (softmax(alpha) for DARTS) per epoch
     events.out.tfevents.*  TensorBoard scalars, one write per log interval (tensorboardX)
-    genotype.json        the derived genotype, updated every epoch
+    genotype.json        the derived genotype, updated every epoch (a one-shot strategy's, as
+                         SPOS': at the end, from the paths scored in selection.json)
     plots/               the cells (PNG, PDF, DOT) and the op-weight heatmap
 
 Running it again on the same folder resumes from the checkpoint, under the config (and, for
@@ -249,14 +250,16 @@ def _run_search(config: ml_collections.ConfigDict, workdir: str,
         progress.update(epoch, step - epoch * spe, spe, host, ips, eta)
         acc, acc_n, t_log, n_log = None, 0, time.time(), 0
       if epoch_end:
-        w = jax.device_get(mix(state.arch, state.strategy_state))
-        for k in history:
-          history[k].append(np.asarray(w[k]))
-        g = _write_artifacts(workdir, model, w, history, op_set)
+        g = None
+        if strategy.learns_arch:  # a one-shot supernet's genotype comes from `select` at the end
+          w = jax.device_get(mix(state.arch, state.strategy_state))
+          for k in history:
+            history[k].append(np.asarray(w[k]))
+          g = _write_artifacts(workdir, model, w, history, op_set)
         # NAS-Bench-201's valid_func (exps/algos/DARTS-V1.py) after every epoch; the line goes
         # before the checkpoint, so a run killed in between logs it again on resume.
         last_val = {"split": "val", "epoch": epoch, "step": step, **evaluate(state),
-                    "genotype": g.to_json(), "data_split": data_split}
+                    "genotype": g.to_json() if g else None, "data_split": data_split}
         mfile.write(json.dumps(last_val) + "\n")
         mfile.flush()
         run_io.add_scalars(tb, "val", last_val, step)
@@ -264,7 +267,7 @@ def _run_search(config: ml_collections.ConfigDict, workdir: str,
         progress.summary(f"epoch {step // spe}/{c.search.epochs} step {step} "
                          f"train_loss {last['train_loss']:.4f} train_acc {last['train_acc']:.3f} "
                          f"val_loss {last_val['val_loss']:.4f} val_acc {last_val['val_acc']:.4f} "
-                         f"genotype {json.dumps(g.to_json())}")
+                         + (f" genotype {json.dumps(g.to_json())}" if g else ""))
       elif step % c.checkpoint_every_steps == 0:
         run_io.save_checkpoint(ckpt, state, history)
       if stopper.signal is not None or (stop_after_steps and step >= stop_after_steps):
@@ -274,12 +277,44 @@ def _run_search(config: ml_collections.ConfigDict, workdir: str,
                 f"to resume from {ckpt}", flush=True)
         return {"step": step, "stopped": True, "signal": stopper.signal}
 
-  w = jax.device_get(mix(state.arch, state.strategy_state))
+  result = {}
+  if strategy.learns_arch:
+    w = jax.device_get(mix(state.arch, state.strategy_state))
+  else:
+    w, result = _select(workdir, model, strategy.select, state, val_images, val_labels, ds,
+                        lambda i: batch_fn(train, jax.random.fold_in(train_key, 1), i),
+                        jax.random.fold_in(key, 2))
   g = _write_artifacts(workdir, model, w, history, op_set)
   draw(workdir)
   return {"step": step, "genotype": g.to_json(), "val_acc": last_val.get("val_acc"),
           "compile_s": compile_s, "init_s": init_s,
-          "op_weights": {k: np.asarray(v) for k, v in w.items()}}
+          "op_weights": {k: np.asarray(v) for k, v in w.items()}, **result}
+
+
+def _select(workdir, model, settings, state, val_images, val_labels, ds, train_batches, key):
+  """A one-shot supernet's genotype: paths scored with the shared weights (``dnas.oneshot``).
+
+  Writes ``selection.json`` (every path scored, best first); deterministic in the seed, so a
+  run killed while selecting selects the same again when resumed.
+  """
+  from dnas import oneshot  # pylint: disable=g-import-not-at-top
+  if settings is None:
+    raise ValueError("a strategy with learns_arch=False needs `select` settings "
+                     "(dnas.oneshot.SelectSettings) to pick its genotype")
+  t = time.time()
+  val_batches = list(data_lib.eval_batches(val_images, val_labels, settings.eval_batch_size,
+                                           ds.mean, ds.std, pad=True))
+  w, records = oneshot.select(model, state.params, state.batch_stats, settings,
+                              train_batches=train_batches, val_batches=val_batches, key=key)
+  ranked = sorted(({"path": {k: list(map(int, v)) for k, v in p.items()}, "score": float(sc)}
+                   for p, sc in records), key=lambda r: -r["score"])
+  seconds = round(time.time() - t, 3)
+  io.atomic_write_json(os.path.join(workdir, "selection.json"),
+                       {"selection": settings.selection, "scored": len(records),
+                        "select_s": seconds, "records": ranked})
+  print(f"selected the best of {len(records)} paths by {settings.selection} in {seconds:.1f}s: "
+        f"score {ranked[0]['score']:.4f}", flush=True)
+  return w, {"select_score": ranked[0]["score"], "select_s": seconds}
 
 
 # --------------------------------------------------------------------------------------------

@@ -33,6 +33,16 @@ def caches(tmp_path_factory):
 
 
 @pytest.fixture
+def fast_compile():
+  """XLA with most optimizations off: tests that run a few steps are mostly compilation."""
+  import jax  # pylint: disable=g-import-not-at-top
+  old = jax.config.values["jax_disable_most_optimizations"]
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", old)
+
+
+@pytest.fixture
 def tiny_search():
   """``small_search()``, as a fixture."""
   return small_search()
