@@ -270,7 +270,8 @@ def run(argv: List[str]) -> int:
 
 
 def _user_errors():
-  from dnas import data, genotypes, plugins, published, train_lib  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from dnas import data, genotypes, plugins, published, train_lib
   return (UsageError, train_lib.ConfigError, train_lib.CheckpointError, data.DataError,
           genotypes.GenotypeError, published.UnknownGenotypeError, FileNotFoundError,
           plugins.PluginError)

@@ -276,8 +276,8 @@ def search_indices(c: ml_collections.ConfigDict, n: int):
       why = f"the training set has {n} images, not {splits.NB201_CIFAR_SIZE}"
     if why is None:
       tr, va = splits.nb201_cifar_split()
-      return tr, va, "nb201", (f"nb201 (NAS-Bench-201's cifar-split.txt: {len(tr)} weight-training / "
-                      f"{len(va)} validation images)")
+      return tr, va, "nb201", (f"nb201 (NAS-Bench-201's cifar-split.txt: {len(tr)} "
+                               f"weight-training / {len(va)} validation images)")
   tr, va = data_lib.search_split(n, c.data.train_portion, c.seed)
   desc = (f"seeded (seed {c.seed}, train_portion {c.data.train_portion}: {len(tr)} "
           f"weight-training / {len(va)} validation images)")

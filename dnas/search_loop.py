@@ -127,7 +127,8 @@ def _run_search(config: ml_collections.ConfigDict, workdir: str,
                      cache_dir=c.data.cache_dir or None)
   images, labels = ds.train_images, ds.train_labels
   # A seeded random subset: archives list their images class by class.
-  keep = run_io.subset(jax.random.fold_in(jax.random.key(c.seed), 1), len(labels), c.data.train_size)
+  keep = run_io.subset(jax.random.fold_in(jax.random.key(c.seed), 1), len(labels),
+                       c.data.train_size)
   if keep is not None:
     images, labels = images[keep], labels[keep]
   tr_idx, va_idx, data_split, split_desc = search_indices(c, len(labels))

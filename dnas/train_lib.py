@@ -9,8 +9,8 @@ from dnas.run_config import (ConfigError, DARTS_KEYS, LAYOUT_KEYS, OPTIMIZERS, R
                              SEARCH_SPLITS, TRACE_FREE_KEYS, TRAIN_SPACES, build_search_model,
                              build_train_model, compute_dtype, load_config, make_strategy,
                              resolve_op_set, search_indices, search_weight_optimizer,
-                             strategy_name, strategy_options, train_optimizer, validate_search_config,
-                             validate_train_config)
+                             strategy_name, strategy_options, train_optimizer,
+                             validate_search_config, validate_train_config)
 from dnas.run_io import (CheckpointError, enable_compilation_cache, start_clean,
                          summary_writer, trace_key)
 from dnas.search_loop import NonFiniteError, draw, run_search
@@ -21,5 +21,5 @@ __all__ = ["ConfigError", "CheckpointError", "NonFiniteError", "DARTS_KEYS", "LA
            "build_search_model", "build_train_model", "compute_dtype", "draw",
            "enable_compilation_cache", "load_config", "make_strategy", "resolve_op_set",
            "run_search", "run_train", "search_indices", "search_weight_optimizer",
-           "start_clean", "strategy_name", "strategy_options", "summary_writer", "trace_key", "train_optimizer",
-           "validate_search_config", "validate_train_config"]
+           "start_clean", "strategy_name", "strategy_options", "summary_writer", "trace_key",
+           "train_optimizer", "validate_search_config", "validate_train_config"]
