@@ -125,12 +125,11 @@ def _registered_objects():
   objs = [op_registry.get(n) for n in op_registry.names()]
   objs += [strategy_registry.get(n).builder for n in strategy_registry.names()]
   objs += [space_registry.get(n).builder for n in space_registry.names()]
-  objs += [sets.registered_by(n) for n in sets.names()]
-  return objs
+  return objs, [sets.registered_by(n) for n in sets.names()]
 
 
-def _source_file(obj) -> Optional[str]:
-  module = sys.modules.get(getattr(obj, "__module__", None) or "")
+def _source_file(obj, module_name: Optional[str] = None) -> Optional[str]:
+  module = sys.modules.get(module_name or getattr(obj, "__module__", None) or "")
   path = getattr(module, "__file__", None)
   if path is None:
     try:
@@ -156,8 +155,10 @@ def digest() -> str:
     path = getattr(module, "__file__", None)
     if path and any(os.path.abspath(path).startswith(d) for d in dirs):
       files.add(os.path.abspath(path))
-  for obj in _registered_objects():
-    path = _source_file(obj)
+  objs, module_names = _registered_objects()
+  paths = [_source_file(obj) for obj in objs]
+  paths += [_source_file(None, name) for name in module_names if name]
+  for path in paths:
     if path and not os.path.abspath(path).startswith(dnas_dir + os.sep):
       files.add(os.path.abspath(path))
   h = hashlib.sha256()

@@ -39,8 +39,8 @@ class ConfigError(ValueError):
   """A config value that cannot work; the message names the key."""
 
 
-def load_config(path: str, variant: Optional[str] = None) -> ml_collections.ConfigDict:
-  """``get_config(variant)`` of the experiment config file at ``path`` (as ``--config`` reads).
+def load_module(path: str):
+  """The experiment config file at ``path`` as a module (its ``get_config``, ``VARIANTS``).
 
   Raises:
     FileNotFoundError: naming ``path``.
@@ -50,6 +50,16 @@ def load_config(path: str, variant: Optional[str] = None) -> ml_collections.Conf
   spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
+  return module
+
+
+def load_config(path: str, variant: Optional[str] = None) -> ml_collections.ConfigDict:
+  """``get_config(variant)`` of the experiment config file at ``path`` (as ``--config`` reads).
+
+  Raises:
+    FileNotFoundError: naming ``path``.
+  """
+  module = load_module(path)
   c = module.get_config() if variant is None else module.get_config(variant)
   if "imports" in c:  # relative .py paths: from the working directory, else the config's folder
     c.imports = tuple(plugins.load(c.imports, base_dir=os.path.dirname(os.path.abspath(path))))

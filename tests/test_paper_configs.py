@@ -1,7 +1,6 @@
 """The experiment configs are the papers' methods: virtual step, step order, split, precision."""
 
 import glob
-import importlib.util
 import json
 import os
 
@@ -21,9 +20,7 @@ SHARED_SPLIT = os.environ.get(
 def _variants(path):
   """Every variant a config file accepts (its module's ``VARIANTS``), after checking that an
   unknown one is refused with the list."""
-  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = train_lib.load_module(path)
   with pytest.raises(ValueError, match="valid: " + ", ".join(module.VARIANTS)):
     train_lib.load_config(path, "no-such-variant")
   return list(module.VARIANTS)

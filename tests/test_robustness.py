@@ -38,15 +38,6 @@ def _config(path, variant):
   return train_lib.load_config(path, variant)
 
 
-def _module(path):
-  """The config file at ``path`` as a module (its ``VARIANTS``)."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 # --------------------------------------------------------------------------------------------
 # Kills and resumes: the same command run again ends where an uninterrupted run ends.
 
@@ -668,7 +659,7 @@ def test_every_shipped_config_variant_passes_validation():
   for path in sorted(glob.glob(os.path.join(REPO, "experiments", "*.py"))):
     with pytest.raises(ValueError, match="valid:"):
       _config(path, "no such variant")
-    for variant in _module(path).VARIANTS:
+    for variant in train_lib.load_module(path).VARIANTS:
       c = _config(path, variant)
       if "search" in c:
         train_lib.validate_search_config(c)

@@ -103,15 +103,10 @@ def names() -> list:
   return sorted(_REGISTRY)
 
 
-class _Module:
-  def __init__(self, name):
-    self.__module__ = name
-
-
 def registered_by(name: str) -> Any:
-  """An object whose ``__module__`` is the module that registered op set ``name``."""
+  """The name of the module that registered op set ``name`` (None if unknown)."""
   get(name)
-  return _Module(_REGISTERED_BY.get(name))
+  return _REGISTERED_BY.get(name)
 
 
 register(DARTS)
