@@ -198,7 +198,8 @@ def validate_search_config(c: ml_collections.ConfigDict) -> None:
   _real(c, "search.arch_weight_decay", 0.0)
   _int(c, "max_bad_steps", 1)
   try:  # the strategy's options, and the values its factory refuses
-    make_strategy(c, c.search.learning_rate, total_steps=1, steps_per_epoch=1)
+    # One step per epoch stands in for the data: schedules set per epoch check out.
+    make_strategy(c, c.search.learning_rate, total_steps=c.search.epochs, steps_per_epoch=1)
   except ValueError as e:
     msg = str(e)
     if not msg.startswith("config."):  # the factory's message names the option first

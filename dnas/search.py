@@ -153,7 +153,9 @@ def make_search_step(model: nn.Module, strategy: Strategy, weight_tx, arch_tx, *
     ``val_batch_acc``: the alpha pass's validation batch, BatchNorm in train mode, at ``w'`` for
     second order; ``grad_norm``, ``arch_grad_norm``, and ``skipped``: 1 when a non-finite loss
     or gradient left the state unchanged but for its step count), and the strategy's own
-    ``metrics`` (e.g. ``tau``), and stays on device. A strategy that does not learn alpha
+    ``metrics`` (e.g. ``tau``), and stays on device. With ``strategy.arch_active``, also
+    ``arch_steps``: 1 when alpha stepped; in a step where it rested, ``val_batch_*`` and
+    ``arch_grad_norm`` are 0 (averages must count the ``arch_steps`` only). A strategy that does not learn alpha
     (``learns_arch=False``: SPOS) gets no architecture pass and no ``val_batch_*`` or
     ``arch_grad_norm``. The validation accuracy the papers report is ``make_eval_step``'s, over
     the whole split.
@@ -196,16 +198,34 @@ def make_search_step(model: nn.Module, strategy: Strategy, weight_tx, arch_tx, *
     params = optax.apply_updates(state.params, updates)
     return params, weight_opt_state, grads, train_loss, batch_stats, logits
 
+  def maybe_arch_pass(state, *args):
+    """``arch_pass``, or where ``strategy.arch_active`` says alpha rests, alpha and its
+    optimizer's state unchanged (zero gradients, loss and logits; no pass computed)."""
+    if strategy.arch_active is None:
+      return arch_pass(state, *args), None
+    active = jnp.asarray(strategy.arch_active(state.strategy_state, state.step), bool)
+
+    def rest(state, *args):
+      shapes = jax.eval_shape(arch_pass, state, *args)
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[2:])
+      return (state.arch, state.arch_opt_state) + tuple(zeros)
+
+    return jax.lax.cond(active, arch_pass, rest, state, *args), active
+
   def search_step(state: SearchState, batch_train: Batch, batch_val: Batch):
     key = jax.random.fold_in(state.key, state.step)
     arch_key, weight_key = jax.random.split(key)
+    if strategy.transition is not None:  # e.g. pruning between stages, before both passes
+      arch, strategy_state = strategy.transition(state.arch, state.strategy_state, state.step)
+      state = state._replace(arch=arch, strategy_state=strategy_state)
+    active = None
     if not strategy.learns_arch:
       params, weight_opt_state, grads, train_loss, batch_stats, logits = weight_pass(
           state, state.arch, batch_train, weight_key)
       arch, arch_opt_state, arch_grads = state.arch, state.arch_opt_state, None
       val_loss = val_logits = None
     elif update_order == "arch_first":
-      arch, arch_opt_state, arch_grads, val_loss, val_logits = arch_pass(
+      (arch, arch_opt_state, arch_grads, val_loss, val_logits), active = maybe_arch_pass(
           state, state.params, state.weight_opt_state, state.batch_stats, batch_train, batch_val,
           arch_key)
       params, weight_opt_state, grads, train_loss, batch_stats, logits = weight_pass(
@@ -213,7 +233,7 @@ def make_search_step(model: nn.Module, strategy: Strategy, weight_tx, arch_tx, *
     else:
       params, weight_opt_state, grads, train_loss, batch_stats, logits = weight_pass(
           state, state.arch, batch_train, weight_key)
-      arch, arch_opt_state, arch_grads, val_loss, val_logits = arch_pass(
+      (arch, arch_opt_state, arch_grads, val_loss, val_logits), active = maybe_arch_pass(
           state, params, weight_opt_state, batch_stats, batch_train, batch_val, arch_key)
 
     strategy_state = state.strategy_state
@@ -227,7 +247,8 @@ def make_search_step(model: nn.Module, strategy: Strategy, weight_tx, arch_tx, *
     finite = jnp.isfinite(train_loss) & jnp.isfinite(grad_norm)
     if strategy.learns_arch:
       arch_grad_norm = optax.tree.norm(arch_grads)
-      finite = finite & jnp.isfinite(val_loss) & jnp.isfinite(arch_grad_norm)
+      arch_finite = jnp.isfinite(val_loss) & jnp.isfinite(arch_grad_norm)
+      finite = finite & (arch_finite if active is None else (arch_finite | ~active))
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     new_state = SearchState(
         state.step + 1, *keep((params, arch, batch_stats, weight_opt_state, arch_opt_state,
@@ -246,6 +267,8 @@ def make_search_step(model: nn.Module, strategy: Strategy, weight_tx, arch_tx, *
       metrics.update(val_batch_loss=val_loss,
                      val_batch_acc=_accuracy(val_logits, batch_val["label"]),
                      arch_grad_norm=arch_grad_norm)
+      if active is not None:  # the loop averages the val_batch_* over the steps that had them
+        metrics["arch_steps"] = active.astype(jnp.int32)
     if strategy.metrics is not None:
       metrics.update(strategy.metrics(state.arch, state.strategy_state))
     return new_state, metrics

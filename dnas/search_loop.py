@@ -58,6 +58,31 @@ def _streak(streak, worst, skipped):
   return streak, jnp.maximum(worst, streak)
 
 
+# Metrics of the architecture pass: averaged over the steps that ran it (``arch_steps``).
+ARCH_PASS_KEYS = ("val_batch_loss", "val_batch_acc", "arch_grad_norm")
+
+
+def interval_means(sums: Dict[str, Any], steps: int) -> Dict[str, Any]:
+  """A log interval's per-step means from its summed step metrics.
+
+  Where the sums hold ``arch_steps`` (a strategy whose alpha rests in some steps), the
+  architecture pass's metrics are averaged over those steps only, and left out when there
+  were none; ``arch_steps`` itself is kept as a count.
+  """
+  sums = dict(sums)
+  arch_steps = sums.pop("arch_steps", None)
+  out = {}
+  for k, v in sums.items():
+    if arch_steps is not None and k in ARCH_PASS_KEYS:
+      if int(arch_steps):
+        out[k] = float(v) / int(arch_steps)
+    else:
+      out[k] = float(v) / steps
+  if arch_steps is not None:
+    out["arch_steps"] = int(arch_steps)
+  return out
+
+
 def _write_artifacts(workdir, model, op_weights, history, op_set):
   g = discretize.derive(model, op_weights)
   genotypes.save(g, os.path.join(workdir, "genotype.json"))
@@ -227,7 +252,7 @@ def _run_search(config: ml_collections.ConfigDict, workdir: str,
       if step % c.log_every_steps == 0 or epoch_end or step == total:
         host, worst_host = jax.device_get((acc, worst))
         skipped = int(host.pop("skipped"))
-        host = {k: float(v) / acc_n for k, v in host.items()}
+        host = interval_means(host, acc_n)
         host["skipped_steps"] = skipped
         if skipped:
           print(f"warning: {skipped} of steps {step - acc_n + 1}..{step} had a non-finite loss "

@@ -22,6 +22,12 @@ A strategy is a NamedTuple of pure functions, in the manner of an optax ``Gradie
   RSPS), whose step then skips the architecture pass; their genotype comes from ``select``.
 * ``select`` (optional): for a strategy that does not learn alpha, how the loop picks the
   genotype after training (a ``dnas.oneshot`` selection's settings).
+* ``transition(arch, state, step) -> (arch, state)`` (optional): applied at the start of the
+  step whose state holds ``step`` (steps done so far), before either pass: changes of alpha
+  and the state on a schedule, such as DrNAS' pruning between its progressive stages.
+* ``arch_active(state, step) -> bool`` (optional): whether alpha steps in that step; where it
+  is False the step runs no architecture pass, and alpha and its optimizer's state stay as
+  they are (DrNAS holds alpha still in the first epochs of each stage). By default always.
 
 Op weights are, per cell type, a dense ``[E, K]`` array or a ``dnas.types.SampledOps`` (one
 op per edge, computed alone).
@@ -67,6 +73,8 @@ class Strategy(NamedTuple):
   metrics: Optional[Callable[[Arch, Any], Any]] = None
   learns_arch: bool = True
   select: Any = None
+  transition: Optional[Callable[[Arch, Any, Any], Any]] = None
+  arch_active: Optional[Callable[[Any, Any], Any]] = None
 
 
 def derive_weights(strategy: Strategy, arch: Arch, state: Any) -> Any:

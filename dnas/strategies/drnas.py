@@ -35,33 +35,37 @@ genotype from ``softmax(alpha)`` (``201-space/search_model.py``, ``TinyNetwork.g
 same argmax, ``elu + 1`` being increasing. It evaluates the supernet at a random sample
 (``201-space/train_search.py``, ``infer``), dnas at the mean.
 
-Progressive learning (the reference's NAS-Bench-201 run, ``201-space/train_search_progressive.py``,
-``main``) is partly here. Implemented: the op pruning, as a pure function, ``prune(arch, state,
-num_keep)`` (``utils.py``, ``prune`` with ``reset=False``: keep each edge's ``num_keep`` largest
-alpha, zero the rest, and mask them out of the samples, which are renormalised over the kept
-ops, ``process_step_vector``'s masked branch, and out of the derive weights). Left out, each
-needing a change outside this module:
+Progressive learning (the reference's searches, ``201-space/train_search_progressive.py`` and
+``DARTS-space/train_search.py``, ``main``) runs the search in stages (``stage_epochs``: NB201
+``[50, 50]``, DARTS space ``[25, 25]``). Before each stage after the first, every edge is pruned
+to its ``num_keep[i]`` strongest ops (NB201 ``[5, 3]``, DARTS ``[7, 4]``; ``prune``, as the
+reference's ``utils.py`` ``prune`` with ``reset=False``: the kept ops keep their alpha, the
+others' alpha become 0 and they leave the samples, which are renormalised over the kept ops,
+``process_step_vector``'s masked branch, and the derive weights). Alpha rests in the first
+``arch_warmup_epochs`` epochs of each stage (``train``: ``if epoch >= 10: architect.step``, the
+epoch counted within the stage), its Adam state too; the weights train throughout, their
+optimizer's state carried over the boundary and the cosine learning rate running on over all
+the epochs, as the reference's ``configure_optimizer`` and ``configure_scheduler``
+(``net2wider.py``) do. The pruning is the strategy's ``transition`` and the rest its
+``arch_active``, both inside the compiled step, so a resumed run prunes where an uninterrupted
+one does.
 
-* Partial channels (``201-space/search_cells.py``, ``NAS201SearchCell_PartialChannel``: the
-  mixed op sees ``1/k`` of the channels, the rest bypass it, then a channel shuffle; ``k = 4``
-  then ``2``) and the widening of the ops' weights from ``k = 4`` to ``2`` between the stages,
-  by copying randomly chosen channels (``net2wider.py``, Net2Net-style): the supernet
-  (``dnas.spaces``) has neither.
-* The schedule: 50 epochs on all 5 ops, ``prune(..., num_keep=3)``, 50 epochs more; alpha frozen
-  for the first 10 epochs of each stage (``train``: ``if epoch >= 10: architect.step``, the
-  epoch counted within the stage); the weight optimizer rebuilt with its state carried over
-  (``net2wider.py``, ``configure_optimizer``), the cosine learning rate running on over the 100
-  epochs. The loop would call ``prune`` at the stage boundary (``update_state`` cannot: it does
-  not see alpha) and skip the architecture pass during a warm-up (a strategy cannot hold alpha
-  still: its regulariser sees no state, and the alpha optimizer would count the steps).
+Left out of the progressive search: partial channels (``201-space/search_cells.py``,
+``NAS201SearchCell_PartialChannel``: each mixed op sees ``1/k`` of the channels, the rest
+bypass it, then a channel shuffle; ``k = 4`` then ``2``, ``6`` then ``4`` in the DARTS space)
+and the widening of the ops' weights between the stages by copying randomly chosen channels
+(``net2wider.py``). dnas' supernets have no partial channels yet (they come with PC-DARTS), so
+the stages here run every channel; partial channels save memory and time, and change what
+the ops learn.
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import digamma, gammaln
 
 from dnas.strategies import registry
@@ -144,13 +148,21 @@ def prune(arch, state: DrNASState, num_keep: int):
   return new_arch, DrNASState(mask=mask)
 
 
-def drnas(reg_type: str = "l2", reg_scale: float = 1e-3) -> Strategy:
+def drnas(reg_type: str = "l2", reg_scale: float = 1e-3, *,
+          stage_steps: Sequence[int] = (), num_keep: Sequence[int] = (),
+          arch_warmup_steps: int = 0) -> Strategy:
   """The DrNAS strategy: Dirichlet op weights, first-order pathwise alpha gradient.
 
   Args:
     reg_type: the anchor regulariser, ``"l2"`` (the reference's default; set the alpha
       optimizer's weight decay to 0 with it) or ``"kl"`` (module docstring).
     reg_scale: its weight (the reference's ``--reg_scale``, 1e-3).
+    stage_steps: progressive learning (module docstring): the steps of each stage; empty for
+      one stage.
+    num_keep: ops kept per edge in each stage, one per stage, not growing: edges are pruned
+      to ``num_keep[i]`` ops when stage ``i`` starts (the reference's first is every op).
+    arch_warmup_steps: the steps at the start of each stage in which alpha rests (with one
+      stage, at the start of the run).
 
   Returns:
     A ``Strategy`` whose state is a ``DrNASState``.
@@ -168,6 +180,21 @@ def drnas(reg_type: str = "l2", reg_scale: float = 1e-3) -> Strategy:
     raise ValueError(f"search.drnas.reg_type must be one of {list(REG_TYPES)}, got {reg_type!r}")
   if not reg_scale >= 0:
     raise ValueError(f"search.drnas.reg_scale must be non-negative, got {reg_scale!r}")
+  stage_steps, num_keep = tuple(stage_steps), tuple(num_keep)
+  if len(num_keep) != len(stage_steps):
+    raise ValueError(f"search.drnas.num_keep must give one count per stage "
+                     f"({len(stage_steps)} stages), got {list(num_keep)}")
+  if any(not isinstance(n, int) or n < 1 for n in stage_steps + num_keep):
+    raise ValueError(f"search.drnas stages and op counts must be positive integers, got "
+                     f"stages {list(stage_steps)}, num_keep {list(num_keep)}")
+  if any(b > a for a, b in zip(num_keep, num_keep[1:])):
+    raise ValueError(f"search.drnas.num_keep must not grow from stage to stage (pruned ops do "
+                     f"not come back), got {list(num_keep)}")
+  if not isinstance(arch_warmup_steps, int) or arch_warmup_steps < 0:
+    raise ValueError(f"search.drnas.arch_warmup_epochs must be a non-negative integer, got "
+                     f"{arch_warmup_steps!r}")
+  # The step at which each stage starts (the first at 0).
+  starts = tuple(int(x) for x in np.cumsum((0,) + stage_steps[:-1])) if stage_steps else ()
 
   def init(arch):
     return DrNASState(mask=jax.tree.map(lambda a: jnp.ones(a.shape, bool), arch))
@@ -201,12 +228,37 @@ def drnas(reg_type: str = "l2", reg_scale: float = 1e-3) -> Strategy:
     del state
     return {"anchor_kl": anchor_kl(arch)}
 
+  def transition(arch, state: DrNASState, step):
+    # Stage i starts by pruning every edge to num_keep[i] ops (every op: nothing changes).
+    for start, keep in zip(starts, num_keep):
+      arch, state = jax.lax.cond(step == start, lambda a, s, k=keep: prune(a, s, k),
+                                 lambda a, s: (a, s), arch, state)
+    return arch, state
+
+  def arch_active(state: DrNASState, step):
+    del state
+    begun = jnp.asarray(0, jnp.int32)  # the start of the stage `step` is in
+    for start in starts[1:]:
+      begun = jnp.where(step >= start, start, begun)
+    return step - begun >= arch_warmup_steps
+
   return Strategy(init=init, mix=mix, arch_grad=arch_grad, regularizer=regularizer,
-                  derive_weights=derive_weights, metrics=metrics)
+                  derive_weights=derive_weights, metrics=metrics,
+                  transition=transition if starts else None,
+                  arch_active=arch_active if arch_warmup_steps else None)
 
 
-@registry.register("drnas", defaults={"reg_type": "l2", "reg_scale": 1e-3})
+@registry.register("drnas", defaults={"reg_type": "l2", "reg_scale": 1e-3, "stage_epochs": (),
+                                      "num_keep": (), "arch_warmup_epochs": 0})
 def _build(options, context: registry.StrategyContext) -> Strategy:
-  """``search.strategy="drnas"``: ``search.drnas.{reg_type, reg_scale}``."""
-  del context
-  return drnas(reg_type=options["reg_type"], reg_scale=options["reg_scale"])
+  """``search.strategy="drnas"``: ``search.drnas.{reg_type, reg_scale}``, and for progressive
+  learning ``stage_epochs`` (summing to ``search.epochs``), ``num_keep`` (one per stage) and
+  ``arch_warmup_epochs``."""
+  spe = context.steps_per_epoch
+  stages = tuple(options["stage_epochs"])
+  if stages and sum(stages) * spe != context.total_steps:
+    raise ValueError(f"config.search.drnas.stage_epochs: the stages {list(stages)} must add up "
+                     f"to search.epochs ({context.total_steps // max(spe, 1)})")
+  return drnas(reg_type=options["reg_type"], reg_scale=options["reg_scale"],
+               stage_steps=tuple(e * spe for e in stages), num_keep=options["num_keep"],
+               arch_warmup_steps=options["arch_warmup_epochs"] * spe)
