@@ -1,0 +1,26 @@
+"""Ask/tell search over discrete spaces, pure-functional JAX (jit, scan and vmap over runs).
+
+Example::
+
+    from dnas import benchmarks, blackbox
+    table = benchmarks.load_nb201()
+    space = blackbox.nb201_space(table)
+    strategy = blackbox.get("regularized_evolution", population_size=10, sample_size=3)
+    result = blackbox.nb201_protocol(strategy, table, 100, jax.random.split(key, 50))
+    blackbox.summarize(result.histories, result.reported)
+"""
+
+from dnas.blackbox import registry
+from dnas.blackbox.base import Strategy
+from dnas.blackbox.protocol import ProtocolResult, nb201_protocol, summarize
+from dnas.blackbox.registry import get, names, register
+from dnas.blackbox.runner import History, make_run_on_table, run, run_on_table
+from dnas.blackbox.spaces import (
+    NB201_EDGES, Space, SpaceError, categorical_space, darts_space, nb201_space)
+from dnas.blackbox.strategies import (
+    local_search, mutate, random_search, regularized_evolution, tournament)
+
+__all__ = ["History", "NB201_EDGES", "ProtocolResult", "Space", "SpaceError", "Strategy",
+           "categorical_space", "darts_space", "get", "local_search", "make_run_on_table",
+           "mutate", "names", "nb201_protocol", "nb201_space", "random_search", "register",
+           "registry", "regularized_evolution", "run", "run_on_table", "summarize", "tournament"]
