@@ -20,7 +20,9 @@ from typing import Any, Callable, Dict, List
 Factory = Callable[..., Any]
 
 _REGISTRY: Dict[str, Factory] = {}
-_BUILTIN_MODULES = ("dnas.blackbox.strategies",)
+# Modules of dnas whose import registers the built-in strategies.
+_BUILTIN_MODULES = ("dnas.blackbox.strategies", "dnas.blackbox.reinforce",
+                    "dnas.blackbox.bananas", "dnas.blackbox.multiobjective")
 _LOADED = False
 
 
@@ -36,7 +38,11 @@ def _ensure_builtins() -> None:
   if not _LOADED:
     _LOADED = True
     for module in _BUILTIN_MODULES:
-      importlib.import_module(module)
+      try:
+        importlib.import_module(module)
+      except ModuleNotFoundError as e:
+        if e.name != module:
+          raise
 
 
 def register(name: str, *, overwrite: bool = False) -> Callable[[Factory], Factory]:
