@@ -9,6 +9,9 @@ Usage::
   dnas plot   --workdir DIR | --genotype FILE_OR_NAME [--out DIR]
   dnas bench  search --config experiments/darts_cifar10.py[:VARIANT] [--steps N] [--json]
   dnas bench  train  --config experiments/train_cifar10.py[:VARIANT] --genotype NAME [--dtypes float32,bfloat16]
+  dnas explore [--config experiments/nb201_explore.py[:VARIANT]] --strategy NAME --benchmark DIR
+               [--metric cifar10_valid] [--budget N] [--runs N] [--seed S] [--option KEY=VALUE]
+               [--constraint "pixel3_ms<=5"] [--workdir DIR] [--json]
 
 A user mistake (unknown flag or config key, a bad value, a missing file) prints one ``error:``
 line and exits with status 2; no traceback. A search or training stopped by SIGTERM or SIGINT
@@ -26,7 +29,7 @@ from typing import List, Optional
 from absl import flags
 from ml_collections import config_flags
 
-COMMANDS = ("search", "train", "info", "plot", "bench")
+COMMANDS = ("search", "train", "info", "plot", "bench", "explore")
 USAGE = __doc__.split("Usage::")[1].split("A user mistake")[0]
 
 
@@ -45,6 +48,20 @@ def _define_flags(fv: flags.FlagValues, argv: List[str]) -> None:
   flags.DEFINE_integer("steps", 10, "`bench`: steps timed after compiling (0: compile only)", flag_values=fv)
   flags.DEFINE_string("dtypes", None, "`bench train`: comma-separated compute dtypes "
                       "(default: the config's train.compute_dtype)", flag_values=fv)
+  # `explore`: discrete search on a benchmark table (dnas.explore).
+  flags.DEFINE_string("space", "nb201", "`explore`: the search space (nb201)", flag_values=fv)
+  flags.DEFINE_string("strategy", None, "`explore`: a dnas.blackbox strategy", flag_values=fv)
+  flags.DEFINE_string("benchmark", None, "`explore`: the NAS-Bench-201 tables' folder or a "
+                      "registered table's name (default: $DNAS_NB201_DIR)", flag_values=fv)
+  flags.DEFINE_string("metric", "cifar10_valid", "`explore`: the column searched on",
+                      flag_values=fv)
+  flags.DEFINE_integer("budget", 100, "`explore`: table queries per run", flag_values=fv)
+  flags.DEFINE_integer("runs", 100, "`explore`: independent runs", flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "`explore`: the runs' seed", flag_values=fv)
+  flags.DEFINE_multi_string("option", [], "`explore`: a strategy option KEY=VALUE (repeatable)",
+                            flag_values=fv)
+  flags.DEFINE_multi_string("constraint", [], "`explore`: COLUMN<=VALUE every pick satisfies "
+                            "(repeatable)", flag_values=fv)
 
 
 class UsageError(Exception):
@@ -255,6 +272,8 @@ def run(argv: List[str]) -> int:
     info = _info(fv.config, fv.genotype)
     print(json.dumps(info) if fv.json else "\n".join(f"{k}: {v}" for k, v in info.items()))
     return 0
+  if command == "explore":
+    return _explore(fv)
   # plot
   from dnas import plot, train_lib  # pylint: disable=g-import-not-at-top
   if fv.workdir:
@@ -269,12 +288,75 @@ def run(argv: List[str]) -> int:
   return 0
 
 
+def _option_value(text: str):
+  """A strategy option's value from the command line: a Python literal, else the string."""
+  import ast  # pylint: disable=g-import-not-at-top
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def _explore(fv: flags.FlagValues) -> int:
+  from dnas import benchmarks, explore  # pylint: disable=g-import-not-at-top
+  settings = {"strategy": fv.strategy, "benchmark": fv.benchmark, "metric": fv.metric,
+              "budget": fv.budget, "runs": fv.runs, "seed": fv.seed, "options": {},
+              "constraints": list(fv.constraint)}
+  if fv.config is not None:  # the config's explore section; flags given explicitly win
+    if "explore" not in fv.config:
+      raise UsageError("explore --config: the config has no `explore` section "
+                       "(see experiments/nb201_explore.py)")
+    e = fv.config.explore
+    for key in ("strategy", "benchmark", "metric", "budget", "runs", "seed"):
+      if key in e and not fv[key].present:
+        settings[key] = e[key] or settings[key]
+    settings["options"] = dict(e.get("options", {}))
+    if not fv["constraint"].present:
+      settings["constraints"] = list(e.get("constraints", ()))
+  for item in fv.option:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+      raise UsageError(f"--option {item!r}: expected KEY=VALUE")
+    settings["options"][key] = _option_value(value)
+  if not settings["strategy"]:
+    from dnas import blackbox  # pylint: disable=g-import-not-at-top
+    raise UsageError(f"explore needs --strategy, one of {blackbox.names()}")
+  if fv.space != "nb201":
+    raise UsageError(f"--space {fv.space!r}: explore runs on a benchmark table; tables exist "
+                     f"for the nb201 space only")
+  where = settings["benchmark"]
+  if where and os.path.isdir(where):
+    table = benchmarks.load_nb201(where)
+  elif where and where in benchmarks.table_names():
+    table = benchmarks.get_table(where)
+  elif where:
+    raise UsageError(f"--benchmark {where!r}: neither a folder nor a registered table "
+                     f"({', '.join(benchmarks.table_names())})")
+  else:
+    table = benchmarks.load_nb201()
+  result = explore.explore(settings["strategy"], table, metric=settings["metric"],
+                           budget=settings["budget"], runs=settings["runs"],
+                           seed=settings["seed"], options=settings["options"],
+                           constraints=settings["constraints"], workdir=fv.workdir)
+  if fv.json:
+    print(explore.to_json_line(result))
+  else:
+    report = [c for c in ("cifar10_valid", "cifar10_test") if c in result["mean"]]
+    print(f"{result['strategy']}: {result['feasible_runs']} of {len(result['runs'])} runs of "
+          f"{result['budget']} queries on {result['metric']}, {result['wall_s']:.2f}s")
+    for c in report:
+      print(f"  {c}: {result['mean'][c]:.2f} +- {result['std'][c]:.2f}")
+    if fv.workdir:
+      print(f"written to {fv.workdir}/result.json, anytime.json, anytime.png")
+  return 0
+
+
 def _user_errors():
   # pylint: disable-next=g-import-not-at-top
-  from dnas import data, genotypes, plugins, published, train_lib
+  from dnas import benchmarks, data, explore, genotypes, plugins, published, train_lib
   return (UsageError, train_lib.ConfigError, train_lib.CheckpointError, data.DataError,
           genotypes.GenotypeError, published.UnknownGenotypeError, FileNotFoundError,
-          plugins.PluginError)
+          plugins.PluginError, explore.ExploreError, benchmarks.TableError)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

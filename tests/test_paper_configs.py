@@ -27,7 +27,7 @@ def _variants(path):
 
 
 SEARCH_CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO, "experiments", "*.py"))
-                        if not os.path.basename(p).startswith("train_"))
+                        if not os.path.basename(p).startswith(("train_", "explore_")))
 DARTS_CONFIGS = sorted(glob.glob(os.path.join(REPO, "experiments", "*darts*.py")))
 TRAIN_CONFIGS = sorted(glob.glob(os.path.join(REPO, "experiments", "train_*.py")))
 

@@ -274,3 +274,42 @@ def local_search(first_improvement: bool = False) -> Strategy:
     return where_tree(state.started, climbing, started)
 
   return Strategy(init, ask, tell)
+
+
+# --- Exhaustive search -----------------------------------------------------------------------
+
+
+class ExhaustiveState(NamedTuple):
+  """``count``: the architectures asked so far; ask ``t`` is the ``t``-th in ``flat_index``
+  order (wrapping around after the last)."""
+  cardinalities: jax.Array
+  count: jax.Array
+
+
+@registry.register("exhaustive")
+def exhaustive() -> Strategy:
+  """Every architecture once, in mixed-radix order (dimension 0 most significant).
+
+  The reference every strategy is measured against on a table: with the whole space as budget
+  it finds the table's argmax. Draws nothing (the key is unused).
+  """
+
+  def init(key, space):
+    del key
+    return ExhaustiveState(_cards(space), jnp.zeros((), jnp.int32))
+
+  def ask(state):
+    # The digits of `count` in the mixed radix of the cardinalities, last dimension fastest.
+    rest, digits = state.count, []
+    for c in reversed(range(state.cardinalities.shape[0])):
+      card = state.cardinalities[c]
+      digits.append(rest % card)
+      rest = rest // card
+    codes = jnp.stack(digits[::-1]).astype(jnp.int32)
+    return state._replace(count=state.count + 1), codes
+
+  def tell(state, codes, score):
+    del codes, score
+    return state
+
+  return Strategy(init, ask, tell)
