@@ -262,9 +262,10 @@ def run(argv: List[str]) -> int:
     result = train_lib.run_train(fv.config, _load_genotype(fv.genotype), fv.workdir)
     if result.get("signal"):
       return 128 + result["signal"]
-    if "test_acc" in result:
-      print(f"test accuracy {result['test_acc']:.4f} after {result['epochs']} epochs; "
-            f"{os.path.join(fv.workdir, 'final_metrics.json')}")
+    for split in ("test", "holdout"):
+      if f"{split}_acc" in result:
+        print(f"{split} accuracy {result[split + '_acc']:.4f} after {result['epochs']} epochs; "
+              f"{os.path.join(fv.workdir, 'final_metrics.json')}")
     return 0
   if command == "info":
     if fv.config is None:

@@ -337,6 +337,11 @@ def validate_train_config(c: ml_collections.ConfigDict, genotype) -> None:
   _int(c, "data.eval_batch_size", 1)
   _int(c, "data.test_size", 0)
   _int(c, "data.cutout", 0)
+  if "holdout" in c.data:
+    _int(c, "data.holdout", 0)
+    if c.data.holdout and c.data.get("streaming", False):
+      raise ConfigError("data.holdout: held-out training images need the data in memory; set "
+                        "data.streaming=False, or data.holdout=0")
   if "streaming" in c.data:
     _type(c, "data.streaming", bool, "True or False")
     _int(c, "data.image_size", 0)

@@ -21,7 +21,7 @@ import numpy as np
 
 from dnas import aot, compiler, genotypes, io, plugins, run_io
 from dnas import data as data_lib
-from dnas.run_config import (build_train_model, compute_dtype, train_optimizer,
+from dnas.run_config import (ConfigError, build_train_model, compute_dtype, train_optimizer,
                              validate_train_config)
 
 
@@ -35,10 +35,24 @@ class _MemoryFeed:
     keep = run_io.subset(sub_key, len(labels), c.data.train_size)
     if keep is not None:
       images, labels = images[keep], labels[keep]
-    self.test_images, self.test_labels = ds.test_images, ds.test_labels
-    keep = run_io.subset(jax.random.fold_in(sub_key, 1), len(self.test_labels), c.data.test_size)
-    if keep is not None:
-      self.test_images, self.test_labels = self.test_images[keep], self.test_labels[keep]
+    holdout = c.data.get("holdout", 0)
+    if holdout:
+      # A seeded part of the training images stands in for the test set (a search that scores
+      # architectures by training them must not look at the test set).
+      if holdout >= len(labels):
+        raise ConfigError(f"config.data.holdout: {holdout} of {len(labels)} training images "
+                          f"leaves none to train on")
+      order = np.asarray(jax.random.permutation(jax.random.fold_in(sub_key, 2), len(labels)))
+      self.test_images, self.test_labels = images[order[:holdout]], labels[order[:holdout]]
+      images, labels = images[order[holdout:]], labels[order[holdout:]]
+      self.split = "holdout"
+    else:
+      self.test_images, self.test_labels = ds.test_images, ds.test_labels
+      keep = run_io.subset(jax.random.fold_in(sub_key, 1), len(self.test_labels),
+                           c.data.test_size)
+      if keep is not None:
+        self.test_images, self.test_labels = self.test_images[keep], self.test_labels[keep]
+      self.split = "test"
     self.n_train, self.num_classes = len(labels), ds.num_classes
     self.image_shape = tuple(images.shape[1:])
     self.mean, self.std, self.eval_batch_size = ds.mean, ds.std, c.data.eval_batch_size
@@ -133,7 +147,8 @@ def run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
   """Trains ``genotype``'s network from scratch (or resumes); returns the final metrics.
 
   Writes ``config.json``, ``genotype.json``, ``metrics.jsonl`` (training lines and one
-  ``"split": "test"`` line per evaluation), TensorBoard event files (the same scalars),
+  ``"split": "test"`` line per evaluation; ``"split": "holdout"`` and ``holdout_acc`` with
+  ``data.holdout``: that many training images held out and evaluated in place of the test set), TensorBoard event files (the same scalars),
   ``checkpoint.msgpack`` and, at the end, ``final_metrics.json`` to ``workdir``. A run stopped
   early (checkpointed) returns ``{"step": ..., "stopped": True, "signal": ...}`` (the signal's
   number, or None). Matmuls and convolutions run at ``config.precision``.
@@ -199,14 +214,16 @@ def _run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
   init_s = init_end - t0
   eval_step = retrain.make_eval_step(model, compute_dtype=dtype, cpu_preset=c.xla_cpu_preset)
 
+  split = getattr(feed, "split", "test")  # "holdout": data.holdout training images
+
   def evaluate():
     tot = None
     for b in feed.test_batches():
       m = eval_step(state, b)
       tot = m if tot is None else jax.tree.map(jnp.add, tot, m)
     tot = jax.device_get(tot)
-    return {"test_loss": float(tot["loss"]) / float(tot["n"]),
-            "test_acc": float(tot["correct"]) / float(tot["n"])}
+    return {f"{split}_loss": float(tot["loss"]) / float(tot["n"]),
+            f"{split}_acc": float(tot["correct"]) / float(tot["n"])}
 
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   progress = run_io.Progress()
@@ -238,16 +255,17 @@ def _run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
                         last["images_per_s"], (total - step) * dt / max(n_log, 1))
         acc, acc_n, t_log, n_log = None, 0, time.time(), 0
       if epoch_end:
-        line = {"step": step, "epoch": epoch, "split": "test"}
+        line = {"step": step, "epoch": epoch, "split": split}
         if (epoch + 1) % c.eval_every_epochs == 0 or step == total:
           line.update(evaluate())
           mfile.write(json.dumps(line) + "\n")
           mfile.flush()
-          run_io.add_scalars(tb, "test", line, step)
+          run_io.add_scalars(tb, split, line, step)
         run_io.save_train_checkpoint(ckpt, state)
         progress.summary(f"epoch {epoch + 1}/{c.train.epochs} step {step} "
                          f"loss {last['loss']:.4f} acc {last['accuracy']:.3f}"
-                         + (f" test_acc {line['test_acc']:.4f}" if "test_acc" in line else ""))
+                         + (f" {split}_acc {line[split + '_acc']:.4f}"
+                            if f"{split}_acc" in line else ""))
       elif step % c.checkpoint_every_steps == 0:
         run_io.save_train_checkpoint(ckpt, state)
       if stopper.signal is not None or (stop_after_steps and step >= stop_after_steps):

@@ -45,6 +45,9 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   c.data.eval_batch_size = 500
   c.data.train_size = 0     # first N of a seeded permutation of the training set (0: all)
   c.data.test_size = 0      # same for the test set
+  # N training images held out and evaluated in place of the test set (0: the test set); for
+  # scoring architectures by training them (dnas.blackbox's low-fidelity evaluator).
+  c.data.holdout = 0
   c.data.crop_padding = 4
   c.data.flip = True
   c.data.cutout = 16
