@@ -32,7 +32,8 @@ def main():
   p.add_argument("--runs", type=int, default=10)
   p.add_argument("--budget", type=int, default=1000)
   p.add_argument("--repeats", type=int, default=5, help="timed repeats of the JAX batch")
-  p.add_argument("--strategies", default="random_search,regularized_evolution")
+  p.add_argument("--strategies",
+                 default="random_search,regularized_evolution,reinforce,bananas")
   args = p.parse_args()
 
   table = benchmarks.load_nb201(args.data, latency=False)

@@ -87,3 +87,20 @@ def test_low_fidelity_trains_on_all_but_the_holdout_and_never_twice(cifar10_arch
   monkeypatch.setattr("dnas.train_loop.run_train",
                       lambda *a, **k: pytest.fail("trained a second time"))
   assert evaluate(codes) == score
+
+
+def test_zero_cost_evaluator_scores_the_decoded_network(fast_compile):
+  from dnas import proxies  # pylint: disable=g-import-not-at-top
+  from dnas.eval_net import NB201Network  # pylint: disable=g-import-not-at-top
+  images = jax.random.normal(jax.random.key(2), (8, 8, 8, 3))
+  batch = {"image": images, "label": jnp.arange(8) % 10}
+  space = blackbox.nb201_space()
+  evaluate = evaluators.get_evaluator("zero_cost", proxy="snip", batch=batch, channels=4,
+                                      cells_per_stage=1, seed=3)
+  codes = np.array([3, 0, 2, 3, 1, 4], np.int32)
+  model = NB201Network(space.decode(codes), num_classes=10, channels=4, cells_per_stage=1)
+  variables = model.init(jax.random.key(3), images[:1], train=False)
+  expect = float(proxies.score("snip", proxies.flax_apply_fn(model), variables, batch))
+  assert evaluate(codes) == pytest.approx(expect, rel=1e-6)
+  with pytest.raises(proxies.UnknownProxyError, match="'nope'"):
+    evaluators.get_evaluator("zero_cost", proxy="nope", batch=batch)
