@@ -11,7 +11,8 @@ Usage::
   dnas bench  train  --config experiments/train_cifar10.py[:VARIANT] --genotype NAME [--dtypes float32,bfloat16]
   dnas explore [--config experiments/nb201_explore.py[:VARIANT]] --strategy NAME --benchmark DIR
                [--metric cifar10_valid] [--budget N] [--runs N] [--seed S] [--option KEY=VALUE]
-               [--constraint "pixel3_ms<=5"] [--workdir DIR] [--json]
+               [--constraint "pixel3_ms<=5"] [--objective latency:pixel3_ms] [--workdir DIR]
+               [--json]
 
 A user mistake (unknown flag or config key, a bad value, a missing file) prints one ``error:``
 line and exits with status 2; no traceback. A search or training stopped by SIGTERM or SIGINT
@@ -62,6 +63,8 @@ def _define_flags(fv: flags.FlagValues, argv: List[str]) -> None:
                             flag_values=fv)
   flags.DEFINE_multi_string("constraint", [], "`explore`: COLUMN<=VALUE every pick satisfies "
                             "(repeatable)", flag_values=fv)
+  flags.DEFINE_multi_string("objective", [], "`explore`: a column traded off against the "
+                            "metric, [min:|max:|LABEL:]COLUMN (repeatable)", flag_values=fv)
 
 
 class UsageError(Exception):
@@ -302,7 +305,7 @@ def _explore(fv: flags.FlagValues) -> int:
   from dnas import benchmarks, explore  # pylint: disable=g-import-not-at-top
   settings = {"strategy": fv.strategy, "benchmark": fv.benchmark, "metric": fv.metric,
               "budget": fv.budget, "runs": fv.runs, "seed": fv.seed, "options": {},
-              "constraints": list(fv.constraint)}
+              "constraints": list(fv.constraint), "objectives": list(fv.objective)}
   if fv.config is not None:  # the config's explore section; flags given explicitly win
     if "explore" not in fv.config:
       raise UsageError("explore --config: the config has no `explore` section "
@@ -312,8 +315,9 @@ def _explore(fv: flags.FlagValues) -> int:
       if key in e and not fv[key].present:
         settings[key] = e[key] or settings[key]
     settings["options"] = dict(e.get("options", {}))
-    if not fv["constraint"].present:
-      settings["constraints"] = list(e.get("constraints", ()))
+    for key in ("constraints", "objectives"):
+      if not fv[key[:-1]].present:
+        settings[key] = list(e.get(key, ()))
   for item in fv.option:
     key, sep, value = item.partition("=")
     if not sep or not key:
@@ -338,17 +342,20 @@ def _explore(fv: flags.FlagValues) -> int:
   result = explore.explore(settings["strategy"], table, metric=settings["metric"],
                            budget=settings["budget"], runs=settings["runs"],
                            seed=settings["seed"], options=settings["options"],
-                           constraints=settings["constraints"], workdir=fv.workdir)
+                           constraints=settings["constraints"],
+                           objectives=settings["objectives"], workdir=fv.workdir)
   if fv.json:
     print(explore.to_json_line(result))
   else:
     report = [c for c in ("cifar10_valid", "cifar10_test") if c in result["mean"]]
     print(f"{result['strategy']}: {result['feasible_runs']} of {len(result['runs'])} runs of "
           f"{result['budget']} queries on {result['metric']}, {result['wall_s']:.2f}s")
-    for c in report:
-      print(f"  {c}: {result['mean'][c]:.2f} +- {result['std'][c]:.2f}")
+    for c in report + [o["column"] for o in result["objectives"]] + (
+        ["hypervolume"] if "hypervolume" in result["mean"] else []):
+      print(f"  {c}: {result['mean'][c]:.3f} +- {result['std'][c]:.3f}")
     if fv.workdir:
-      print(f"written to {fv.workdir}/result.json, anytime.json, anytime.png")
+      print(f"written to {fv.workdir}/result.json, anytime.json, anytime.png"
+            + (", pareto.png" if os.path.exists(os.path.join(fv.workdir, "pareto.png")) else ""))
   return 0
 
 

@@ -17,51 +17,50 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import numpy as np
 
 from dnas import io
 
-_CONSTRAINT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
-_OPS = {"<=": np.less_equal, ">=": np.greater_equal, "<": np.less, ">": np.greater}
-
-
 class ExploreError(ValueError):
   """A bad explore argument; the message names it."""
 
 
-def parse_constraint(text: str, columns: Sequence[str]):
-  """``"COLUMN<=VALUE"`` (or ``>=``, ``<``, ``>``) as ``(column, op, value)``.
-
-  Raises:
-    ExploreError: naming the text, and the table's columns when the column is unknown.
-  """
-  m = _CONSTRAINT.match(text or "")
-  if not m:
-    raise ExploreError(f"--constraint {text!r}: expected COLUMN<=VALUE (or >=, <, >), e.g. "
-                       f"'pixel3_ms<=5'")
-  column, op, value = m.groups()
-  if column not in columns:
-    raise ExploreError(f"--constraint {text!r}: the table has no column {column!r}; its "
-                       f"columns: {', '.join(columns)}")
-  try:
-    v = float(value)
-  except ValueError:
-    raise ExploreError(f"--constraint {text!r}: {value!r} is not a number") from None
-  return column, op, v
-
-
 def feasible_mask(table: Any, constraints: Sequence[str]) -> np.ndarray:
-  """``[rows]`` bool: the rows that satisfy every constraint (NaN values never do)."""
-  mask = np.ones(len(table), bool)
-  for text in constraints:
-    column, op, v = parse_constraint(text, table.column_names)
-    mask &= _OPS[op](table.column(column), v)
-  return mask
+  """``[rows]`` bool: the rows that satisfy every constraint (``dnas.blackbox.multiobjective``;
+  NaN values never do); a bad constraint fails naming it as ``--constraint``."""
+  from dnas.blackbox import multiobjective  # pylint: disable=g-import-not-at-top
+  try:
+    return multiobjective.feasible_mask(table, list(constraints))
+  except ValueError as e:
+    raise ExploreError(f"--{e}") from None
+
+
+class Objective(NamedTuple):
+  """A column to trade off against the metric: ``column``, ``maximize``, a ``label``."""
+  column: str
+  maximize: bool
+  label: str
+
+
+def parse_objective(text: str, columns: Sequence[str]) -> Objective:
+  """``COLUMN``, ``min:COLUMN``, ``max:COLUMN`` or ``LABEL:COLUMN`` (``latency:pixel3_ms``).
+
+  Without ``min``/``max``, a column ending in ``_ms`` (a latency) is minimised and any other
+  maximised.
+  """
+  label, sep, column = text.rpartition(":")
+  if not sep:
+    label = ""
+  if column not in columns:
+    raise ExploreError(f"--objective {text!r}: the table has no column {column!r}; its columns: "
+                       f"{', '.join(columns)}")
+  if label in ("min", "max"):
+    return Objective(column, label == "max", column)
+  return Objective(column, not column.endswith("_ms"), label or column)
 
 
 def _stats(values: np.ndarray) -> Dict[str, float]:
@@ -70,7 +69,8 @@ def _stats(values: np.ndarray) -> Dict[str, float]:
 
 def explore(strategy_name: str, table: Any, *, metric: str, budget: int, runs: int,
             seed: int = 0, options: Optional[Mapping[str, Any]] = None,
-            constraints: Sequence[str] = (), workdir: Optional[str] = None) -> Dict[str, Any]:
+            constraints: Sequence[str] = (), objectives: Sequence[str] = (),
+            workdir: Optional[str] = None) -> Dict[str, Any]:
   """Runs ``runs`` independent searches on ``table``; returns the JSON-ready result.
 
   Args:
@@ -82,14 +82,21 @@ def explore(strategy_name: str, table: Any, *, metric: str, budget: int, runs: i
     seed: the runs' seed.
     options: the strategy's options.
     constraints: ``"COLUMN<=VALUE"`` texts every pick must satisfy.
-    workdir: where to write ``result.json``, ``anytime.json`` and ``anytime.png`` (optional).
+    objectives: columns traded off against ``metric`` (``parse_objective``); with them the
+      search is multi-objective (a strategy that takes ``num_objectives``, as ``nsga2``, or
+      one that ignores scores, as ``random_search``), each run reports its Pareto front and
+      picks the front's point with the best ``metric``.
+    workdir: where to write ``result.json``, ``anytime.json`` and ``anytime.png``, and with
+      objectives ``pareto.png`` (the first run's evaluated points, front and pick).
 
   Returns:
-    ``{"strategy", "options", "table", "metric", "budget", "runs": [per run: "arch", "index",
-    "found_at", every column], "feasible_runs", "mean": {column: ...}, "std": {...},
+    ``{"strategy", "options", "table", "metric", "objectives", "budget", "runs": [per run:
+    "arch", "index", "found_at", every column, and with objectives "front" (its archs) and
+    "hypervolume" (two objectives)], "feasible_runs", "mean": {column: ...}, "std": {...},
     "constraints", "seed", "wall_s"}``.
   """
   from dnas import blackbox  # pylint: disable=g-import-not-at-top
+  from dnas.blackbox import multiobjective  # pylint: disable=g-import-not-at-top
   if metric not in table.column_names:
     raise ExploreError(f"--metric {metric!r}: the table has no such column; its columns: "
                        f"{', '.join(table.column_names)}")
@@ -97,6 +104,15 @@ def explore(strategy_name: str, table: Any, *, metric: str, budget: int, runs: i
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
       raise ExploreError(f"--{name} must be a positive integer, got {value!r}")
   options = dict(options or {})
+  objs = [Objective(metric, True, metric)]
+  objs += [parse_objective(o, table.column_names) for o in objectives]
+  if len(objs) > 1:
+    takes = blackbox.registry.options(strategy_name) if strategy_name in blackbox.names() else {}
+    if "num_objectives" in takes:
+      options.setdefault("num_objectives", len(objs))
+    elif strategy_name not in ("random_search", "exhaustive"):
+      raise ExploreError(f"--strategy {strategy_name!r} searches one objective; with "
+                         f"--objective use nsga2, random_search or exhaustive")
   try:
     strategy = blackbox.get(strategy_name, **options)
   except (KeyError, TypeError, ValueError) as e:
@@ -107,13 +123,22 @@ def explore(strategy_name: str, table: Any, *, metric: str, budget: int, runs: i
                        f"{' and '.join(constraints)}")
   t0 = time.time()
   space = blackbox.nb201_space(table)
-  scores = np.where(feasible, table.column(metric), -np.inf).astype(np.float32)
   keys = jax.random.split(jax.random.key(seed), runs)
-  hist = jax.device_get(blackbox.run_on_table(strategy, space, scores, budget, keys))
-  best_step = np.argmax(hist.scores, axis=-1)
-  picked = hist.codes[np.arange(runs), best_step]
-  rows = np.asarray(jax.device_get(space.table_index(picked)))
-  ok = np.isfinite(hist.scores[np.arange(runs), best_step])
+  searched = np.where(feasible, table.column(metric), -np.inf)
+  if len(objs) == 1:
+    hist = jax.device_get(blackbox.run_on_table(strategy, space, searched.astype(np.float32),
+                                                budget, keys))
+    codes, scores = hist.codes, hist.scores
+  else:
+    signed = np.stack([table.column(o.column) * (1 if o.maximize else -1) for o in objs], -1)
+    hist = jax.device_get(multiobjective.run_multi_on_table(strategy, space, signed, budget,
+                                                            keys, feasible))
+    codes = hist.codes
+    scores = np.where(hist.feasible, hist.objectives[..., 0], -np.inf)
+  rows_all = np.asarray(jax.device_get(space.table_index(codes)))   # [runs, budget]
+  best_step = np.argmax(scores, axis=-1)
+  rows = rows_all[np.arange(runs), best_step]
+  ok = np.isfinite(scores[np.arange(runs), best_step])
   wall = time.time() - t0
 
   columns = list(table.column_names)
@@ -129,14 +154,39 @@ def explore(strategy_name: str, table: Any, *, metric: str, budget: int, runs: i
   good = rows[ok]
   result = {
       "strategy": strategy_name, "options": options, "table": table.name, "metric": metric,
-      "budget": budget, "seed": seed, "constraints": list(constraints), "runs": per_run,
-      "feasible_runs": int(ok.sum()),
+      "objectives": [o._asdict() for o in objs[1:]], "budget": budget, "seed": seed,
+      "constraints": list(constraints), "runs": per_run, "feasible_runs": int(ok.sum()),
       "mean": {c: _stats(table.column(c)[good])["mean"] for c in columns} if len(good) else {},
       "std": {c: _stats(table.column(c)[good])["std"] for c in columns} if len(good) else {},
       "wall_s": round(wall, 3),
   }
+  fronts = None
+  if len(objs) > 1:
+    fronts = multiobjective.front_of_history(hist.objectives, hist.feasible)   # signed: max
+    ref = signed[feasible].min(axis=0)   # the table's worst feasible value of each objective
+    hvs = []
+    for r in range(runs):
+      on = fronts[r]
+      # One entry per distinct cell (a cell asked twice is on the front twice).
+      archs = sorted({table.archs[int(x)] for x in rows_all[r][on]})
+      per_run[r]["front"] = archs
+      if len(objs) == 2:
+        pts = hist.objectives[r][on] if on.any() else ref[None]
+        hvs.append(float(multiobjective.hypervolume_2d(np.asarray(pts, np.float64), ref)))
+        per_run[r]["hypervolume"] = hvs[-1]
+    if hvs:
+      result["mean"]["hypervolume"] = float(np.mean(hvs))
+      result["std"]["hypervolume"] = float(np.std(hvs))
+  best = np.maximum.accumulate(np.where(np.isfinite(scores), scores, -np.inf), axis=1)
   if workdir:
-    _write(workdir, result, np.asarray(hist.best, np.float64), metric)
+    _write(workdir, result, best.astype(np.float64), metric)
+    if fronts is not None and len(objs) == 2:
+      shown = np.stack([table.column(o.column)[rows_all[0]] for o in objs], -1)
+      multiobjective.plot_front(
+          shown, fronts[0], os.path.join(workdir, "pareto.png"),
+          chosen=int(best_step[0]) if ok[0] else None,
+          labels=[o.label if o.label == o.column else f"{o.label} ({o.column})" for o in objs],
+          title=f"{strategy_name}, run 0: {budget} queries")
   return result
 
 
