@@ -261,7 +261,63 @@ def make_strategy(c: ml_collections.ConfigDict, schedule, total_steps: int,
   context = strategy_registry.StrategyContext(
       learning_rate=schedule, momentum=s.momentum, weight_decay=s.weight_decay,
       total_steps=total_steps, steps_per_epoch=steps_per_epoch)
-  return strategy_registry.build(name, options, context)
+  strategy = strategy_registry.build(name, options, context)
+  if "cost" in s and s.cost.get("weight", 0.0):
+    strategy = _with_cost(c, strategy)
+  return strategy
+
+
+COST_KEYS = {"weight": 0.0, "mode": "penalty", "target": 0.0, "per_op": {}, "fit": "",
+             "benchmark": ""}
+
+
+def op_cost_vector(c: ml_collections.ConfigDict):
+  """``search.cost``'s per-op costs as ``(costs [K], offset, r2)`` in the op set's order.
+
+  ``per_op`` (op name -> cost) gives them directly (offset 0, r2 None); ``fit`` names a latency
+  column of the NAS-Bench-201 tables (``benchmark``: their folder, default
+  ``$DNAS_NB201_DIR``) to fit one cost per op to by least squares
+  (``dnas.strategies.cost.fit_op_costs``, shared by every edge; its intercept is the offset).
+  """
+  from dnas.strategies import cost as cost_lib  # pylint: disable=g-import-not-at-top
+  cc = c.search.cost
+  ops = resolve_op_set(c).ops
+  if cc.get("per_op") and cc.get("fit"):
+    raise ConfigError("config.search.cost: give per_op or fit, not both")
+  if cc.get("per_op"):
+    try:
+      return cost_lib.op_costs(dict(cc.per_op), ops), 0.0, None
+    except ValueError as e:
+      raise ConfigError(f"config.search.cost.per_op: {e}") from None
+  if cc.get("fit"):
+    from dnas import benchmarks  # pylint: disable=g-import-not-at-top
+    if tuple(ops) != tuple(sets.get("nb201").ops):
+      raise ConfigError("config.search.cost.fit: fitting to the NAS-Bench-201 latency tables needs "
+                        "NAS-Bench-201's op set; give search.cost.per_op instead")
+    try:
+      table = benchmarks.load_nb201(cc.get("benchmark") or None)
+      costs, intercept, r2 = cost_lib.fit_op_costs(table, cc.fit, per_edge=False)
+    except (benchmarks.TableError, ValueError) as e:
+      raise ConfigError(f"config.search.cost.fit: {e}") from None
+    return costs, float(intercept), float(r2)
+  raise ConfigError("config.search.cost: a weight > 0 needs per_op (op -> cost) or fit (a latency "
+                    "column of the NAS-Bench-201 tables)")
+
+
+def _with_cost(c: ml_collections.ConfigDict, strategy):
+  from dnas.strategies import cost as cost_lib  # pylint: disable=g-import-not-at-top
+  cc = c.search.cost
+  unknown = sorted(set(cc) - set(COST_KEYS))
+  if unknown:
+    raise ConfigError(f"config.search.cost: unknown key(s) {unknown}; keys: {sorted(COST_KEYS)}")
+  costs, offset, _ = op_cost_vector(c)
+  mode = cc.get("mode", "penalty")
+  target = float(cc.get("target", 0.0)) if mode == "target" else None
+  try:
+    return cost_lib.with_cost(strategy, costs, float(cc.weight), target=target, mode=mode,
+                              offset=offset)
+  except ValueError as e:
+    raise ConfigError(f"config.search.cost: {str(e).replace('with_cost: ', '')}") from None
 
 
 def search_indices(c: ml_collections.ConfigDict, n: int):

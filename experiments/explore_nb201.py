@@ -15,6 +15,15 @@ github.com/D-X-Y/AutoDL-Projects ``scripts-search/algos/*.sh``):
                   (``exps/algos/R_EA.py``, ``mutate_arch``).
   local_search    local search from the best so far over its one-edge neighbours (White et al.,
                   2021); not in the NB201 paper.
+  reinforce       REINFORCE with a logits table per edge, Adam lr 0.001, an EMA baseline of
+                  momentum 0.9 (``REINFORCE.sh``: ``--learning_rate 0.001 --EMA_momentum
+                  0.9``; ``exps/algos/reinforce.py``, ``Policy``).
+  bananas         BANANAS (White et al., AAAI 2021): path encoding, an ensemble of 5 MLPs
+                  refit after every query, independent Thompson sampling over mutants of the
+                  best cells; not in the NB201 paper (its BO baseline is BOHB). The MLPs are
+                  smaller than BANANAS' (2 x 20 units against 10 x 20; ``dnas.blackbox.bananas``).
+  nsga2           multi-objective: accuracy against Pixel 3 latency (``pixel3_ms``, HW-NAS-Bench),
+                  steady-state NSGA-II; each run reports its Pareto front.
   exhaustive      every cell once: with ``budget`` 15625 it finds the table's argmax.
 
 Run::
@@ -32,11 +41,13 @@ Where dnas differs from the paper's protocol:
   the paper's REINFORCE reports its policy's argmax instead (``exps/algos/reinforce.py``).
 * The runs: 100 independent runs with keys split from ``seed``; the paper reports 500 runs for
   its table-based methods.
+* REINFORCE at the paper's learning rate (0.001) barely moves its policy in 100 queries; the
+  strategy's own default (0.1) learns faster (``dnas.blackbox.reinforce``).
 """
 
 import ml_collections
 
-VARIANTS = ("random", "rea", "local_search", "exhaustive")
+VARIANTS = ("random", "rea", "local_search", "reinforce", "bananas", "nsga2", "exhaustive")
 
 
 def get_config(variant: str = "rea") -> ml_collections.ConfigDict:
@@ -46,13 +57,20 @@ def get_config(variant: str = "rea") -> ml_collections.ConfigDict:
   c.imports = ()  # modules that register the user's strategies or tables
   c.explore = ml_collections.ConfigDict()
   c.explore.strategy = {"random": "random_search", "rea": "regularized_evolution",
-                        "local_search": "local_search", "exhaustive": "exhaustive"}[variant]
-  c.explore.options = ml_collections.ConfigDict(
-      {"population_size": 10, "sample_size": 3} if variant == "rea" else {})
+                        "local_search": "local_search", "reinforce": "reinforce",
+                        "bananas": "bananas", "nsga2": "nsga2",
+                        "exhaustive": "exhaustive"}[variant]
+  c.explore.options = ml_collections.ConfigDict({
+      "rea": {"population_size": 10, "sample_size": 3},
+      "reinforce": {"controller": "table", "learning_rate": 0.001, "ema_momentum": 0.9},
+      "bananas": {"capacity": 100},
+  }.get(variant, {}))
   c.explore.benchmark = ""  # the tables' folder; empty: $DNAS_NB201_DIR
   c.explore.metric = "cifar10_valid"
   c.explore.budget = 15625 if variant == "exhaustive" else 100
   c.explore.runs = 1 if variant == "exhaustive" else 100
   c.explore.seed = 0
   c.explore.constraints = ()
+  # Columns traded off against the metric ([min:|max:|LABEL:]COLUMN): multi-objective.
+  c.explore.objectives = ("latency:pixel3_ms",) if variant == "nsga2" else ()
   return c

@@ -170,3 +170,65 @@ def test_with_cost_keeps_the_strategy_regularizer_and_validates():
     cost.with_cost(base, TOY_COSTS, 1.0, mode="target")
   with pytest.raises(ValueError, match="weight must be a number >= 0"):
     cost.with_cost(base, TOY_COSTS, -1.0)
+
+
+# --- The config's search.cost ------------------------------------------------------------------
+
+
+def _nb201_config(**cost):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from dnas import train_lib  # pylint: disable=g-import-not-at-top
+  c = train_lib.load_config(os.path.join(REPO, "experiments", "nb201_darts_cifar10.py"))
+  c.search.cost = ml_collections.ConfigDict(cost)
+  return c
+
+
+def test_config_cost_adds_the_expected_cost_to_the_strategys_regularizer():
+  from dnas import run_config  # pylint: disable=g-import-not-at-top
+  lookup = {"none": 0.0, "skip_connect": 0.1, "nor_conv_1x1": 1.0, "nor_conv_3x3": 3.0,
+            "avg_pool_3x3": 0.5}
+  c = _nb201_config(weight=0.2, per_op=lookup)
+  run_config.validate_search_config(c)
+  strategy = run_config.make_strategy(c, 0.025, total_steps=10, steps_per_epoch=5)
+  arch = {"cell": jnp.asarray(np.random.default_rng(0).normal(size=(6, 5)), jnp.float32)}
+  ops = sets.get("nb201").ops
+  costs = np.array([lookup[o] for o in ops])
+  by_hand = 0.2 * np.sum(np.asarray(jax.nn.softmax(arch["cell"], -1)) * costs)
+  assert float(strategy.regularizer(arch)) == pytest.approx(by_hand, rel=1e-5)
+  m = strategy.metrics(arch, strategy.init(arch))
+  assert float(m["expected_cost"]) == pytest.approx(by_hand / 0.2, rel=1e-5)
+  # weight 0: no cost term at all.
+  plain = run_config.make_strategy(_nb201_config(weight=0.0, per_op=lookup), 0.025, 10, 5)
+  assert plain.regularizer is None
+
+
+def test_config_cost_fitted_to_a_device_column():
+  table = benchmarks.load_nb201(NB201_DIR)
+  from dnas import run_config  # pylint: disable=g-import-not-at-top
+  c = _nb201_config(weight=1.0, fit="pixel3_ms", mode="target", target=5.0, benchmark=NB201_DIR)
+  costs, offset, r2 = run_config.op_cost_vector(c)
+  want, intercept, want_r2 = cost.fit_op_costs(table, "pixel3_ms", per_edge=False)
+  np.testing.assert_allclose(costs, want)
+  assert offset == pytest.approx(intercept) and r2 == pytest.approx(want_r2)
+  strategy = run_config.make_strategy(c, 0.025, 10, 5)
+  arch = {"cell": jnp.zeros((6, 5))}
+  expected = intercept + 6 * np.mean(want)   # uniform op weights on the 6 edges
+  assert float(strategy.regularizer(arch)) == pytest.approx(max(0.0, expected / 5.0 - 1.0),
+                                                            rel=1e-5)
+
+
+def test_config_cost_errors_name_the_key():
+  from dnas import run_config  # pylint: disable=g-import-not-at-top
+  full = {"none": 0.0, "skip_connect": 0.1, "nor_conv_1x1": 1.0, "nor_conv_3x3": 3.0,
+          "avg_pool_3x3": 0.5}
+  bad = [({"weight": 1.0}, ": a weight > 0 needs per_op .* or fit"),
+         ({"weight": 1.0, "per_op": {"conv9": 1.0}}, ".per_op: .*conv9"),
+         ({"weight": 1.0, "per_op": full, "fit": "pixel3_ms"}, ": give per_op or fit, not both"),
+         ({"weight": 1.0, "per_op": full, "wieght": 1},
+          r": unknown key\(s\) \['wieght'\]"),
+         ({"weight": 1.0, "fit": "pixel9_ms", "benchmark": NB201_DIR},
+          ".fit: .*pixel9_ms"),
+         ({"weight": 1.0, "per_op": full, "mode": "target"}, ": .*target")]
+  for settings, match in bad:
+    with pytest.raises(run_config.ConfigError, match="^config.search.cost" + match):
+      run_config.validate_search_config(_nb201_config(**settings))
