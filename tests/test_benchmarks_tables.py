@@ -190,3 +190,55 @@ def test_nb201_joins_latency_by_arch_not_by_line(tmp_path, raw):
   write("nb201_latency.csv", lat[1:4])
   with pytest.raises(benchmarks.TableError, match="list different cells: 1 only in the first"):
     benchmarks.load_nb201(str(tmp_path))
+
+
+class _StandInNatsAPI:
+  """Objects shaped as nats_bench's topology API returns them (``api_topology.py``:
+  ``get_more_info`` keys per dataset, ``get_cost_info``), over a few cells of the real table."""
+
+  def __init__(self, table, rows):
+    self.table, self.rows, self.calls = table, rows, []
+
+  def __len__(self):
+    return len(self.rows)
+
+  def arch(self, i):
+    return self.table.archs[self.rows[i]]
+
+  def get_more_info(self, i, dataset, iepoch=None, hp="12", is_random=True):
+    self.calls.append((i, dataset, hp, is_random))
+    col = lambda c: self.table.column(c)[self.rows[i]]
+    info = {"train-loss": 1.0, "train-accuracy": 50.0}
+    if dataset == "cifar10-valid":
+      info.update({"valid-accuracy": col("cifar10_valid"), "test-accuracy": -1.0})
+    elif dataset == "cifar10":
+      info.update({"test-accuracy": col("cifar10_test")})
+    else:
+      prefix = {"cifar100": "cifar100", "ImageNet16-120": "imagenet16"}[dataset]
+      info.update({"valid-accuracy": col(prefix + "_valid"),
+                   "test-accuracy": col(prefix + "_test"), "valtest-accuracy": -1.0})
+    return info
+
+  def get_cost_info(self, i, dataset, hp="12"):
+    return {"flops": 10.0 + i, "params": 0.5 * i, "latency": 0.01, "T-train@epoch": None}
+
+
+def test_from_nats_bench_reads_the_apis_entries_into_the_shared_columns(table):
+  nb201 = table
+  rows = [0, 7, 13714, 15624]
+  api = _StandInNatsAPI(nb201, rows)
+  t = tables.from_nats_bench(api, hp="200", costs=True)
+  assert t.name == "nats_hp200" and len(t) == 4
+  assert list(t.archs) == [nb201.archs[r] for r in rows]
+  for c in tables.NATS_COLUMNS:
+    np.testing.assert_array_equal(t.column(c), nb201.column(c)[rows])
+  np.testing.assert_array_equal(t.column("cifar10_flops"), [10.0, 11.0, 12.0, 13.0])
+  assert "cifar10_T-train@epoch" not in t.column_names   # not a number: left out
+  assert all(hp == "200" and is_random is False for _, _, hp, is_random in api.calls)
+  assert t.query(nb201.archs[13714], "cifar10_test") == nb201.column("cifar10_test")[13714]
+  with pytest.raises(tables.TableError, match=r"unknown column\(s\) \['cifar10_train'\]"):
+    tables.from_nats_bench(api, columns=["cifar10_train"])
+  broken = _StandInNatsAPI(nb201, rows)
+  broken.get_more_info = lambda i, d, **k: {"train-loss": 1.0}
+  with pytest.raises(tables.TableError, match="index 0: .*'cifar10-valid'.*'valid-accuracy'"):
+    tables.from_nats_bench(broken, columns=["cifar10_valid"])

@@ -1,8 +1,9 @@
 """Benchmark tables: architectures and their measured metrics (NAS-Bench-201 built in)."""
 
 from dnas.benchmarks.tables import (
-    ENV_VAR, Table, TableError, UnknownTableError, canonical_nb201, get_table, load_csv,
-    load_nb201, register_table, table_names, unregister_table)
+    ENV_VAR, NATS_COLUMNS, Table, TableError, UnknownTableError, canonical_nb201, from_nats_bench,
+    get_table, load_csv, load_nb201, register_table, table_names, unregister_table)
 
-__all__ = ["ENV_VAR", "Table", "TableError", "UnknownTableError", "canonical_nb201", "get_table",
-           "load_csv", "load_nb201", "register_table", "table_names", "unregister_table"]
+__all__ = ["ENV_VAR", "NATS_COLUMNS", "Table", "TableError", "UnknownTableError",
+           "canonical_nb201", "from_nats_bench", "get_table", "load_csv", "load_nb201",
+           "register_table", "table_names", "unregister_table"]

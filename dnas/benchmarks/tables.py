@@ -320,6 +320,82 @@ def load_nb201(folder: Optional[str] = None, latency: bool = True) -> Table:
   return Table("nb201", keys, index, cols, canonical_nb201)
 
 
+# --- NATS-Bench / NAS-Bench-201 API -----------------------------------------------------------
+
+# The shared table's columns, as NATS-Bench's topology API names them: (dataset, key of
+# ``get_more_info``). ``cifar10-valid`` trains on the train split and evaluates on x-valid;
+# ``cifar10`` trains on train + valid and tests on the original test set; CIFAR-100 and
+# ImageNet16-120 report their test set's x-valid and x-test halves (nats_bench
+# ``api_topology.py``, ``get_more_info``).
+NATS_COLUMNS = {
+    "cifar10_valid": ("cifar10-valid", "valid-accuracy"),
+    "cifar10_test": ("cifar10", "test-accuracy"),
+    "cifar100_valid": ("cifar100", "valid-accuracy"),
+    "cifar100_test": ("cifar100", "test-accuracy"),
+    "imagenet16_valid": ("ImageNet16-120", "valid-accuracy"),
+    "imagenet16_test": ("ImageNet16-120", "test-accuracy"),
+}
+
+
+def from_nats_bench(api: Any, hp: str = "12", columns: Optional[Sequence[str]] = None,
+                    costs: bool = False, name: Optional[str] = None) -> Table:
+  """A ``Table`` converted from the official NAS-Bench-201 / NATS-Bench (topology) API.
+
+  For users who have the benchmark files: ``api = nats_bench.create(path, "tss",
+  fast_mode=True)`` (or ``nas_201_api.NASBench201API(path)``), then ``from_nats_bench(api,
+  hp="200")`` gives the 200-epoch accuracies the shared 12-epoch table lacks, with the same
+  column names (``NATS_COLUMNS``), averaged over the training seeds (``is_random=False``).
+
+  Args:
+    api: the API object: ``len(api)``, ``api.arch(i)`` (arch string), ``api.get_more_info(i,
+      dataset, hp=..., is_random=False)`` and, for ``costs``, ``api.get_cost_info(i, dataset,
+      hp=...)``.
+    hp: the training schedule, ``"12"`` or ``"200"``.
+    columns: which of ``NATS_COLUMNS`` to read (default all).
+    costs: also read CIFAR-10's ``get_cost_info`` entries, as ``cifar10_<key>`` columns (the
+      API's units: FLOPs and parameters in millions, latency in seconds).
+    name: the table's name (default ``nats_hp<hp>``).
+
+  Returns:
+    A ``Table`` in the API's index order, keyed by NB201 arch strings.
+
+  Raises:
+    TableError: an unknown column, or an entry the API does not return (naming the index,
+      dataset and key).
+  """
+  columns = list(NATS_COLUMNS) if columns is None else list(columns)
+  unknown = [c for c in columns if c not in NATS_COLUMNS]
+  if unknown:
+    raise TableError(f"from_nats_bench: unknown column(s) {unknown}; columns: "
+                     f"{', '.join(NATS_COLUMNS)}")
+  n = len(api)
+  archs = [canonical_nb201(api.arch(i), where=f"api.arch({i})") for i in range(n)]
+  out: Dict[str, list] = {c: [] for c in columns}
+  cost_keys: Optional[list] = None
+  for i in range(n):
+    infos: Dict[str, Any] = {}
+    for c in columns:
+      dataset, key = NATS_COLUMNS[c]
+      if dataset not in infos:
+        infos[dataset] = api.get_more_info(i, dataset, hp=hp, is_random=False)
+      if key not in infos[dataset] or infos[dataset][key] is None:
+        raise TableError(f"from_nats_bench: index {i}: get_more_info(dataset={dataset!r}, "
+                         f"hp={hp!r}) has no {key!r} (keys: {sorted(infos[dataset])})")
+      out[c].append(float(infos[dataset][key]))
+    if costs:
+      info = api.get_cost_info(i, "cifar10", hp=hp)
+      keys = sorted(k for k, v in info.items() if isinstance(v, (int, float)))
+      if cost_keys is None:
+        cost_keys = keys
+        out.update({f"cifar10_{k}": [] for k in keys})
+      elif keys != cost_keys:
+        raise TableError(f"from_nats_bench: index {i}: get_cost_info gives {keys}, index 0 "
+                         f"gave {cost_keys}")
+      for k in keys:
+        out[f"cifar10_{k}"].append(float(info[k]))
+  return Table(name or f"nats_hp{hp}", archs, range(n), out, canonical_nb201)
+
+
 # --- Registry --------------------------------------------------------------------------------
 
 _TABLES: Dict[str, Callable[..., Table]] = {"nb201": load_nb201}
