@@ -264,7 +264,8 @@ def test_drnas_regulariser_by_hand():
   for k in arch:
     np.testing.assert_allclose(grads[k], 1e-3 * arch[k], rtol=1e-6)
   np.testing.assert_allclose(l2.metrics(arch, l2.init(arch))["anchor_kl"], kl, rtol=1e-5)
-  assert registry.defaults("drnas") == {"reg_type": "l2", "reg_scale": 1e-3}
+  assert registry.defaults("drnas") == {"reg_type": "l2", "reg_scale": 1e-3, "stage_epochs": (),
+                                        "num_keep": (), "arch_warmup_epochs": 0}
 
 
 def test_drnas_prune_keeps_the_strongest_ops_as_the_reference():
