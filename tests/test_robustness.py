@@ -661,7 +661,10 @@ def test_every_shipped_config_variant_passes_validation():
       _config(path, "no such variant")
     for variant in train_lib.load_module(path).VARIANTS:
       c = _config(path, variant)
-      if "search" in c:
+      if "explore" in c:   # a discrete search's settings (tests/test_explore.py)
+        from dnas import blackbox  # pylint: disable=g-import-not-at-top
+        blackbox.get(c.explore.strategy, **c.explore.options.to_dict())
+      elif "search" in c:
         train_lib.validate_search_config(c)
       else:
         train_lib.validate_train_config(

@@ -19,8 +19,7 @@ from dnas.blackbox.spaces import (
     NB201_EDGES, Space, SpaceError, categorical_space, darts_space, nb201_space)
 from dnas.blackbox.strategies import (
     exhaustive, local_search, mutate, random_search, regularized_evolution, tournament)
-from dnas.blackbox.reinforce import reinforce
-from dnas.blackbox.bananas import bananas, path_encoding
+from dnas.blackbox import bananas, reinforce  # modules: reinforce.reinforce, bananas.bananas
 from dnas.blackbox.multiobjective import (
     crowding_distance, feasible_mask, hypervolume_2d, non_dominated_sort, nsga2, pareto_front,
     run_multi_on_table)
@@ -31,6 +30,6 @@ __all__ = ["History", "NB201_EDGES", "ProtocolResult", "Space", "SpaceError", "S
            "evaluator_names", "exhaustive", "feasible_mask", "get", "get_evaluator",
            "hypervolume_2d", "local_search", "make_run_on_table", "mutate", "names",
            "nb201_protocol", "nb201_space", "non_dominated_sort", "nsga2", "pareto_front",
-           "path_encoding", "random_search", "register", "register_evaluator", "registry",
+           "random_search", "register", "register_evaluator", "registry",
            "regularized_evolution", "reinforce", "run", "run_multi_on_table", "run_on_table",
            "summarize", "tournament"]
