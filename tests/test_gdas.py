@@ -113,7 +113,7 @@ def test_derive_and_eval_weights_need_no_key():
   np.testing.assert_array_equal(path.weights, [[0, 1, 0], [1, 0, 0]])
 
 
-def test_search_step_on_nb201_compiles_once_and_evaluates_the_argmax_path():
+def test_search_step_on_nb201_compiles_once_and_evaluates_the_argmax_path(fast_compile):
   chex.clear_trace_counter()
   model = NB201SearchNet(num_classes=10, channels=4, cells_per_stage=1)
   k = jax.random.split(jax.random.key(0), 3)

@@ -50,7 +50,7 @@ def nb201():
 
 
 @pytest.mark.parametrize("name", ["snas", "drnas"])
-def test_search_step_on_nb201_compiles_once_and_follows_the_schedule(nb201, name):
+def test_search_step_on_nb201_compiles_once_and_follows_the_schedule(nb201, name, fast_compile):
   model, variables, bt, bv = nb201
   options = {"snas": {"tau_max": 10.0, "tau_min": 1.0}, "drnas": {}}[name]
   strategy = registry.build(name, options, CONTEXT)

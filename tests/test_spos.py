@@ -147,7 +147,7 @@ def nb201():
   return model, v, train
 
 
-def test_nb201_step_compiles_once_and_trains_the_weights_alone(nb201):
+def test_nb201_step_compiles_once_and_trains_the_weights_alone(nb201, fast_compile):
   chex.clear_trace_counter()
   model, _, train = nb201
   strategy = registry.build("spos", {}, CONTEXT)
