@@ -186,3 +186,16 @@ def test_objective_parsing_and_single_objective_strategies(table):
   with pytest.raises(explore.ExploreError, match="searches one objective.*nsga2"):
     explore.explore("regularized_evolution", table, metric="cifar10_valid", budget=5, runs=1,
                     objectives=["pixel3_ms"])
+
+
+def test_random_search_without_replacement_visits_every_cell_once(table):
+  valid = table.column("cifar10_valid")
+  r = explore.explore("random_search", table, metric="cifar10_valid", budget=len(table),
+                      runs=2, options={"unique": True})
+  assert all(run["arch"] == table.archs[int(np.argmax(valid))] for run in r["runs"])
+  space = blackbox.nb201_space(table)
+  hist = blackbox.run_on_table(blackbox.get("random_search", unique=True), space, valid, 300,
+                               jax.random.split(jax.random.key(0), 2))
+  rows = np.asarray(space.table_index(hist.codes))
+  assert all(len(set(r.tolist())) == 300 for r in rows)        # no cell twice
+  assert not np.array_equal(rows[0], rows[1])                  # each run its own order

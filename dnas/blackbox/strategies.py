@@ -33,18 +33,49 @@ class RandomSearchState(NamedTuple):
   cardinalities: jax.Array
 
 
+class UniqueRandomState(NamedTuple):
+  """Random search without replacement: ``order`` is a random permutation of the space's
+  ``flat_index`` numbers, ``count`` the asks so far."""
+  cardinalities: jax.Array
+  order: jax.Array
+  count: jax.Array
+
+
+def _digits(flat: jax.Array, cardinalities: jax.Array) -> jax.Array:
+  """The code vector of mixed-radix number ``flat`` (dimension 0 most significant)."""
+  rest, digits = flat, []
+  for c in reversed(range(cardinalities.shape[0])):
+    digits.append(rest % cardinalities[c])
+    rest = rest // cardinalities[c]
+  return jnp.stack(digits[::-1]).astype(jnp.int32)
+
+
 @registry.register("random_search")
-def random_search() -> Strategy:
+def random_search(unique: bool = False) -> Strategy:
   """Random search: every ``ask`` draws each dimension uniformly and independently.
+
+  Args:
+    unique: draw without replacement (a random permutation of the whole space, so ``size``
+      asks visit every architecture once; for spaces of at most 10^7 architectures, such as
+      NAS-Bench-201's 15,625); after the last, the permutation starts again.
 
   Returns:
     A ``Strategy``; ``tell`` keeps nothing (the runner records the history).
   """
 
   def init(key, space):
-    return RandomSearchState(key, _cards(space))
+    if not unique:
+      return RandomSearchState(key, _cards(space))
+    if space.size > 10 ** 7:
+      raise ValueError(f"random_search: unique=True needs a space of at most 10^7 "
+                       f"architectures; {space.name!r} has {space.size}")
+    return UniqueRandomState(_cards(space), jax.random.permutation(key, space.size),
+                             jnp.zeros((), jnp.int32))
 
   def ask(state):
+    if unique:
+      flat = state.order[state.count % state.order.shape[0]]
+      return state._replace(count=state.count + 1), _digits(flat, state.cardinalities)
     key, sub = jax.random.split(state.key)
     return state._replace(key=key), uniform_codes(sub, state.cardinalities)
 
@@ -300,13 +331,7 @@ def exhaustive() -> Strategy:
 
   def ask(state):
     # The digits of `count` in the mixed radix of the cardinalities, last dimension fastest.
-    rest, digits = state.count, []
-    for c in reversed(range(state.cardinalities.shape[0])):
-      card = state.cardinalities[c]
-      digits.append(rest % card)
-      rest = rest // card
-    codes = jnp.stack(digits[::-1]).astype(jnp.int32)
-    return state._replace(count=state.count + 1), codes
+    return state._replace(count=state.count + 1), _digits(state.count, state.cardinalities)
 
   def tell(state, codes, score):
     del codes, score
