@@ -108,7 +108,8 @@ def test_nb201_split_shipped_with_dnas():
 
 def test_nb201_split_equals_the_published_file():
   if not os.path.exists(SHARED_SPLIT):
-    pytest.skip(f"NAS-Bench-201's split file not found at {SHARED_SPLIT} (set DNAS_NB201_SPLIT)")
+    pytest.fail(f"NAS-Bench-201's split file not found at {SHARED_SPLIT}; set DNAS_NB201_SPLIT "
+                f"to cifar-split.txt (the project's shared data)")
   with open(SHARED_SPLIT) as f:
     published = json.load(f)
   train, valid = splits.nb201_cifar_split()
