@@ -34,12 +34,11 @@ once per consumer), so it is neither additive over edges nor comparable with pap
 
 from __future__ import annotations
 
-import csv
 import functools
 import hashlib
+import io as io_lib
 import math
 import os
-import tempfile
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
@@ -47,7 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jcore
 
-from dnas import bench, eval_net
+from dnas import bench, eval_net, io
+from dnas.data import sources as data_sources
 from dnas.genotypes import NB201Genotype
 
 NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
@@ -244,36 +244,25 @@ def default_nb201_dir() -> str:
 
 
 def default_cache_dir() -> str:
-  """``$DNAS_CACHE_DIR``, else ``~/.cache/dnas``."""
-  return os.environ.get("DNAS_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache",
-                                                       "dnas"))
+  """``$DNAS_CACHE_DIR``, else ``~/.cache/dnas`` (``dnas.data.default_cache_dir``)."""
+  return data_sources.default_cache_dir()
 
 
 def read_nb201_archs(nb201_dir: Optional[str] = None) -> list:
-  """The arch strings of ``nb201_hp12.csv`` in NAS-Bench-201's index order."""
-  path = os.path.join(nb201_dir or default_nb201_dir(), "nb201_hp12.csv")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"NAS-Bench-201 table not found: {path} (set DNAS_NB201_DIR)")
-  with open(path, newline="") as f:
-    rows = list(csv.DictReader(f))
-  for n, row in enumerate(rows):
-    if int(row["index"]) != n:
-      raise ValueError(f"{path}: row {n} has index {row['index']}; expected rows in index order")
-  return [row["arch"] for row in rows]
+  """The arch strings of ``nb201_hp12.csv`` in NAS-Bench-201's index order
+  (``dnas.benchmarks.load_nb201``)."""
+  from dnas import benchmarks  # pylint: disable=g-import-not-at-top
+  table = benchmarks.load_nb201(nb201_dir or default_nb201_dir(), latency=False)
+  if not np.array_equal(table.index, np.arange(len(table))):
+    raise ValueError(f"{nb201_dir or default_nb201_dir()}: nb201_hp12.csv's rows are not in "
+                     f"index order")
+  return list(table.archs)
 
 
 def _save_atomic(path: str, arrays: Dict[str, np.ndarray]) -> None:
-  folder = os.path.dirname(path)
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **arrays)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  buf = io_lib.BytesIO()
+  np.savez(buf, **arrays)
+  io.atomic_write_bytes(path, buf.getvalue())
 
 
 def nb201_cost_table(nb201_dir: Optional[str] = None,
