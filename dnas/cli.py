@@ -9,10 +9,10 @@ Usage::
   dnas plot   --workdir DIR | --genotype FILE_OR_NAME [--out DIR]
   dnas bench  search --config experiments/darts_cifar10.py[:VARIANT] [--steps N] [--json]
   dnas bench  train  --config experiments/train_cifar10.py[:VARIANT] --genotype NAME [--dtypes float32,bfloat16]
-  dnas explore [--config experiments/nb201_explore.py[:VARIANT]] --strategy NAME --benchmark DIR
+  dnas explore [--config experiments/explore_nb201.py[:VARIANT]] --strategy NAME --benchmark DIR
                [--metric cifar10_valid] [--budget N] [--runs N] [--seed S] [--option KEY=VALUE]
-               [--constraint "pixel3_ms<=5"] [--objective latency:pixel3_ms] [--workdir DIR]
-               [--json]
+               [--constraint "pixel3_ms<=5"] [--objective latency:pixel3_ms] [--no_repeat]
+               [--workdir DIR] [--json]
 
 A user mistake (unknown flag or config key, a bad value, a missing file) prints one ``error:``
 line and exits with status 2; no traceback. A search or training stopped by SIGTERM or SIGINT
@@ -65,6 +65,9 @@ def _define_flags(fv: flags.FlagValues, argv: List[str]) -> None:
                             "(repeatable)", flag_values=fv)
   flags.DEFINE_multi_string("objective", [], "`explore`: a column traded off against the "
                             "metric, [min:|max:|LABEL:]COLUMN (repeatable)", flag_values=fv)
+  flags.DEFINE_boolean("no_repeat", False, "`explore`: never query a cell twice (a repeat is "
+                       "answered from memory, then replaced by an unqueried cell)",
+                       flag_values=fv)
 
 
 class UsageError(Exception):
@@ -305,15 +308,18 @@ def _explore(fv: flags.FlagValues) -> int:
   from dnas import benchmarks, explore  # pylint: disable=g-import-not-at-top
   settings = {"strategy": fv.strategy, "benchmark": fv.benchmark, "metric": fv.metric,
               "budget": fv.budget, "runs": fv.runs, "seed": fv.seed, "options": {},
-              "constraints": list(fv.constraint), "objectives": list(fv.objective)}
+              "constraints": list(fv.constraint), "objectives": list(fv.objective),
+              "no_repeat": fv.no_repeat}
   if fv.config is not None:  # the config's explore section; flags given explicitly win
     if "explore" not in fv.config:
       raise UsageError("explore --config: the config has no `explore` section "
-                       "(see experiments/nb201_explore.py)")
+                       "(see experiments/explore_nb201.py)")
     e = fv.config.explore
     for key in ("strategy", "benchmark", "metric", "budget", "runs", "seed"):
       if key in e and not fv[key].present:
         settings[key] = e[key] or settings[key]
+    if "no_repeat" in e and not fv["no_repeat"].present:
+      settings["no_repeat"] = bool(e.no_repeat)
     settings["options"] = dict(e.get("options", {}))
     for key in ("constraints", "objectives"):
       if not fv[key[:-1]].present:
@@ -343,7 +349,8 @@ def _explore(fv: flags.FlagValues) -> int:
                            budget=settings["budget"], runs=settings["runs"],
                            seed=settings["seed"], options=settings["options"],
                            constraints=settings["constraints"],
-                           objectives=settings["objectives"], workdir=fv.workdir)
+                           objectives=settings["objectives"],
+                           no_repeat=settings["no_repeat"], workdir=fv.workdir)
   if fv.json:
     print(explore.to_json_line(result))
   else:

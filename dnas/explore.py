@@ -70,7 +70,7 @@ def _stats(values: np.ndarray) -> Dict[str, float]:
 def explore(strategy_name: str, table: Any, *, metric: str, budget: int, runs: int,
             seed: int = 0, options: Optional[Mapping[str, Any]] = None,
             constraints: Sequence[str] = (), objectives: Sequence[str] = (),
-            workdir: Optional[str] = None) -> Dict[str, Any]:
+            no_repeat: bool = False, workdir: Optional[str] = None) -> Dict[str, Any]:
   """Runs ``runs`` independent searches on ``table``; returns the JSON-ready result.
 
   Args:
@@ -86,6 +86,8 @@ def explore(strategy_name: str, table: Any, *, metric: str, budget: int, runs: i
       search is multi-objective (a strategy that takes ``num_objectives``, as ``nsga2``, or
       one that ignores scores, as ``random_search``), each run reports its Pareto front and
       picks the front's point with the best ``metric``.
+    no_repeat: wrap the strategy in ``dnas.blackbox.no_repeat``: no cell is queried twice in
+      a run (with ``budget`` 15625 every strategy finds the table's argmax).
     workdir: where to write ``result.json``, ``anytime.json`` and ``anytime.png``, and with
       objectives ``pareto.png`` (the first run's evaluated points, front and pick).
 
@@ -117,6 +119,8 @@ def explore(strategy_name: str, table: Any, *, metric: str, budget: int, runs: i
     strategy = blackbox.get(strategy_name, **options)
   except (KeyError, TypeError, ValueError) as e:
     raise ExploreError(f"--strategy {strategy_name!r}: {e}") from None
+  if no_repeat:
+    strategy = blackbox.no_repeat(strategy, score_shape=(len(objs),) if len(objs) > 1 else ())
   feasible = feasible_mask(table, constraints)
   if not feasible.any():
     raise ExploreError(f"no architecture of table {table.name!r} satisfies "
@@ -155,7 +159,8 @@ def explore(strategy_name: str, table: Any, *, metric: str, budget: int, runs: i
   result = {
       "strategy": strategy_name, "options": options, "table": table.name, "metric": metric,
       "objectives": [o._asdict() for o in objs[1:]], "budget": budget, "seed": seed,
-      "constraints": list(constraints), "runs": per_run, "feasible_runs": int(ok.sum()),
+      "constraints": list(constraints), "no_repeat": bool(no_repeat), "runs": per_run,
+      "feasible_runs": int(ok.sum()),
       "mean": {c: _stats(table.column(c)[good])["mean"] for c in columns} if len(good) else {},
       "std": {c: _stats(table.column(c)[good])["std"] for c in columns} if len(good) else {},
       "wall_s": round(wall, 3),

@@ -107,6 +107,10 @@ def test_the_command_prints_one_json_line_and_takes_the_configs(capsys):
   r = json.loads(capsys.readouterr().out)
   assert r["options"] == {"population_size": 4} and r["constraints"] == ["pixel3_ms<=6"]
   assert all(run["pixel3_ms"] <= 6 for run in r["runs"])
+  assert r["no_repeat"] is False
+  code = cli.run(["dnas", "explore", "--config", f"{CONFIG}:local_search", "--benchmark",
+                  NB201_DIR, "--runs", "2", "--budget", "12", "--no_repeat", "--json"])
+  assert code == 0 and json.loads(capsys.readouterr().out)["no_repeat"] is True
   with pytest.raises(cli.UsageError, match="--option 'population_size'.*KEY=VALUE"):
     cli.run(["dnas", "explore", "--strategy", "random_search", "--benchmark", NB201_DIR,
              "--option", "population_size"])

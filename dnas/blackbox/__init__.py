@@ -23,13 +23,15 @@ from dnas.blackbox import bananas, reinforce  # modules: reinforce.reinforce, ba
 from dnas.blackbox.multiobjective import (
     crowding_distance, feasible_mask, hypervolume_2d, non_dominated_sort, nsga2, pareto_front,
     run_multi_on_table)
+from dnas.blackbox.norepeat import no_repeat
 from dnas.blackbox.evaluators import evaluator_names, get_evaluator, register_evaluator
 
 __all__ = ["History", "NB201_EDGES", "ProtocolResult", "Space", "SpaceError", "Strategy",
            "bananas", "categorical_space", "crowding_distance", "darts_space",
            "evaluator_names", "exhaustive", "feasible_mask", "get", "get_evaluator",
            "hypervolume_2d", "local_search", "make_run_on_table", "mutate", "names",
-           "nb201_protocol", "nb201_space", "non_dominated_sort", "nsga2", "pareto_front",
+           "nb201_protocol", "nb201_space", "no_repeat", "non_dominated_sort", "nsga2",
+           "pareto_front",
            "random_search", "register", "register_evaluator", "registry",
            "regularized_evolution", "reinforce", "run", "run_multi_on_table", "run_on_table",
            "summarize", "tournament"]
