@@ -11,8 +11,8 @@ Usage::
   dnas bench  train  --config experiments/train_cifar10.py[:VARIANT] --genotype NAME [--dtypes float32,bfloat16]
   dnas explore [--config experiments/explore_nb201.py[:VARIANT]] --strategy NAME --benchmark DIR
                [--metric cifar10_valid] [--budget N] [--runs N] [--seed S] [--option KEY=VALUE]
-               [--constraint "pixel3_ms<=5"] [--objective latency:pixel3_ms] [--no_repeat]
-               [--workdir DIR] [--json]
+               [--constraint "pixel3_ms<=5"] [--objective latency:pixel3_ms] [--table CSV]
+               [--no_repeat] [--workdir DIR] [--json]
 
 A user mistake (unknown flag or config key, a bad value, a missing file) prints one ``error:``
 line and exits with status 2; no traceback. A search or training stopped by SIGTERM or SIGINT
@@ -65,6 +65,9 @@ def _define_flags(fv: flags.FlagValues, argv: List[str]) -> None:
                             "(repeatable)", flag_values=fv)
   flags.DEFINE_multi_string("objective", [], "`explore`: a column traded off against the "
                             "metric, [min:|max:|LABEL:]COLUMN (repeatable)", flag_values=fv)
+  flags.DEFINE_multi_string("table", [], "`explore`: a CSV (arch + metric columns, every cell "
+                            "listed) whose columns join the benchmark's, e.g. latency measured "
+                            "here by benchmarks/local_latency.py (repeatable)", flag_values=fv)
   flags.DEFINE_boolean("no_repeat", False, "`explore`: never query a cell twice (a repeat is "
                        "answered from memory, then replaced by an unqueried cell)",
                        flag_values=fv)
@@ -309,7 +312,7 @@ def _explore(fv: flags.FlagValues) -> int:
   settings = {"strategy": fv.strategy, "benchmark": fv.benchmark, "metric": fv.metric,
               "budget": fv.budget, "runs": fv.runs, "seed": fv.seed, "options": {},
               "constraints": list(fv.constraint), "objectives": list(fv.objective),
-              "no_repeat": fv.no_repeat}
+              "no_repeat": fv.no_repeat, "tables": list(fv.table)}
   if fv.config is not None:  # the config's explore section; flags given explicitly win
     if "explore" not in fv.config:
       raise UsageError("explore --config: the config has no `explore` section "
@@ -320,6 +323,8 @@ def _explore(fv: flags.FlagValues) -> int:
         settings[key] = e[key] or settings[key]
     if "no_repeat" in e and not fv["no_repeat"].present:
       settings["no_repeat"] = bool(e.no_repeat)
+    if not fv["table"].present:
+      settings["tables"] = list(e.get("tables", ()))
     settings["options"] = dict(e.get("options", {}))
     for key in ("constraints", "objectives"):
       if not fv[key[:-1]].present:
@@ -345,6 +350,8 @@ def _explore(fv: flags.FlagValues) -> int:
                      f"({', '.join(benchmarks.table_names())})")
   else:
     table = benchmarks.load_nb201()
+  for path in settings["tables"]:
+    table = benchmarks.join(table, benchmarks.load_csv(path))
   result = explore.explore(settings["strategy"], table, metric=settings["metric"],
                            budget=settings["budget"], runs=settings["runs"],
                            seed=settings["seed"], options=settings["options"],

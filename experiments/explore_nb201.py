@@ -75,6 +75,9 @@ def get_config(variant: str = "rea") -> ml_collections.ConfigDict:
   c.explore.seed = 0
   # Never query a cell twice (dnas.blackbox.no_repeat); off in the paper's protocol.
   c.explore.no_repeat = False
+  # CSVs (arch + columns, every cell) joined to the benchmark: e.g. this machine's latency,
+  # predicted for every cell by benchmarks/local_latency.py.
+  c.explore.tables = ()
   c.explore.constraints = ()
   # Columns traded off against the metric ([min:|max:|LABEL:]COLUMN): multi-objective.
   c.explore.objectives = ("latency:pixel3_ms",) if variant == "nsga2" else ()

@@ -2,8 +2,9 @@
 
 from dnas.benchmarks.tables import (
     ENV_VAR, NATS_COLUMNS, Table, TableError, UnknownTableError, canonical_nb201, from_nats_bench,
-    get_table, load_csv, load_nb201, register_table, table_names, unregister_table)
+    get_table, join, load_csv, load_nb201, register_table, table_names, unregister_table,
+    write_csv)
 
 __all__ = ["ENV_VAR", "NATS_COLUMNS", "Table", "TableError", "UnknownTableError",
-           "canonical_nb201", "from_nats_bench", "get_table", "load_csv", "load_nb201",
-           "register_table", "table_names", "unregister_table"]
+           "canonical_nb201", "from_nats_bench", "get_table", "join", "load_csv", "load_nb201",
+           "register_table", "table_names", "unregister_table", "write_csv"]

@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import csv
+import io as io_lib
 import os
 import types
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
@@ -318,6 +319,44 @@ def load_nb201(folder: Optional[str] = None, latency: bool = True) -> Table:
     for k, v in lat_cols.items():
       cols[k] = np.asarray(v, np.float64)[order]
   return Table("nb201", keys, index, cols, canonical_nb201)
+
+
+def write_csv(table: Table, path: str, key: str = "arch") -> None:
+  """Writes ``table`` as ``load_csv`` reads it (``index``, ``key``, its columns), atomically."""
+  from dnas import io  # pylint: disable=g-import-not-at-top
+  buf = io_lib.StringIO()
+  w = csv.writer(buf, lineterminator="\n")
+  names = list(table.column_names)
+  w.writerow(["index", key] + names)
+  cols = [table.column(n) for n in names]
+  for r, arch in enumerate(table.archs):
+    w.writerow([int(table.index[r]), arch] + [repr(float(c[r])) for c in cols])
+  io.atomic_write_text(path, buf.getvalue())
+
+
+def join(table: Table, other: Table, name: Optional[str] = None) -> Table:
+  """``table`` with ``other``'s columns added, matched by arch (both keyed the same way).
+
+  ``other`` must list every arch of ``table`` (extra rows are ignored) and share no column
+  with it, so nothing is silently filled or overwritten.
+
+  Raises:
+    TableError: a shared column, or archs of ``table`` that ``other`` lacks (naming how many
+      and one of them).
+  """
+  clash = sorted(set(table.column_names) & set(other.column_names))
+  if clash:
+    raise TableError(f"join: {other.name} and {table.name} both have column(s) {clash}")
+  listed = set(other.archs)
+  missing = [a for a in table.archs if a not in listed]
+  if missing:
+    raise TableError(f"join: {other.name} lacks {len(missing)} of the {len(table)} archs of "
+                     f"{table.name} (e.g. {missing[0]}); it must list every one (predict the "
+                     f"rest, e.g. dnas.latency.predict_table)")
+  rows = np.array([other.row_of(a) for a in table.archs])
+  cols = dict(table.columns)
+  cols.update({k: np.asarray(v)[rows] for k, v in other.columns.items()})
+  return Table(name or table.name, table.archs, table.index, cols, table._canonical)  # pylint: disable=protected-access
 
 
 # --- NATS-Bench / NAS-Bench-201 API -----------------------------------------------------------

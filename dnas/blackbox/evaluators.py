@@ -210,6 +210,32 @@ def zero_cost_evaluator(proxy: str, batch: Dict[str, Any], channels: int = 16,
   return evaluate
 
 
+@register_evaluator("latency")
+def latency_evaluator(batch_size: int = 1, channels: int = 16, cells_per_stage: int = 5,
+                      repeats: int = 20, warmup: int = 3, sign: float = -1.0,
+                      space: Any = None) -> Evaluate:
+  """The NB201 network's inference latency measured on the local device (``dnas.latency``).
+
+  Each architecture is compiled and timed once (remembered after); the score is
+  ``sign * median_ms``: by default the negated latency, so that higher is better as the
+  runners expect. Measure on a quiet machine; for many cells, ``dnas.latency.measure_csv``
+  keeps the measurements on disk.
+  """
+  from dnas import latency  # pylint: disable=g-import-not-at-top
+  space = _nb201(space)
+  seen: Dict[str, float] = {}
+
+  def evaluate(codes):
+    arch = space.decode(codes)
+    if arch not in seen:
+      seen[arch] = latency.measure(arch, batch_size=batch_size, channels=channels,
+                                   cells_per_stage=cells_per_stage, repeats=repeats,
+                                   warmup=warmup)["median_ms"]
+    return sign * seen[arch]
+
+  return evaluate
+
+
 __all__ = ["Evaluate", "UnknownEvaluatorError", "evaluator_names", "get_evaluator",
-           "low_fidelity_evaluator", "one_shot_evaluator", "register_evaluator",
-           "supernet_path", "table_evaluator", "zero_cost_evaluator"]
+           "latency_evaluator", "low_fidelity_evaluator", "one_shot_evaluator",
+           "register_evaluator", "supernet_path", "table_evaluator", "zero_cost_evaluator"]
