@@ -44,8 +44,10 @@ def _define_flags(fv: flags.FlagValues, argv: List[str]) -> None:
   flags.DEFINE_string("genotype", None, "genotype.json path, a published genotype's name or an "
                       "NB201 arch string",
                       flag_values=fv)
-  flags.DEFINE_string("out", None, "output folder for `plot --genotype`", flag_values=fv)
+  flags.DEFINE_string("out", None, "`plot`: the output folder of `plot --genotype`", flag_values=fv)
   flags.DEFINE_bool("json", False, "print JSON", flag_values=fv)
+  flags.DEFINE_bool("show_config", False, "`info`: print every config key, its value and "
+                    "what it means (the config file's comment)", flag_values=fv)
   flags.DEFINE_integer("steps", 10, "`bench`: steps timed after compiling (0: compile only)", flag_values=fv)
   flags.DEFINE_string("dtypes", None, "`bench train`: comma-separated compute dtypes "
                       "(default: the config's train.compute_dtype)", flag_values=fv)
@@ -79,6 +81,13 @@ class UsageError(Exception):
 
 def _load_genotype(spec: str):
   from dnas import genotypes, plugins, published  # pylint: disable=g-import-not-at-top
+  if os.path.isdir(spec):  # a run folder: its genotype.json
+    inner = os.path.join(spec, "genotype.json")
+    if not os.path.isfile(inner):
+      raise UsageError(f"--genotype {spec}: a folder without genotype.json (a search writes it "
+                       f"when it finishes); give a genotype.json, a published name or an NB201 "
+                       f"arch string")
+    spec = inner
   if os.path.exists(spec) or spec.endswith(".json"):
     # A run folder's genotype: first the modules that run imported (its ops may be the user's).
     folder = os.path.dirname(os.path.abspath(spec))
@@ -218,10 +227,152 @@ def _bench(fv: flags.FlagValues, what: str) -> int:
   return 0
 
 
+HELP_FLAGS = ("--help", "-h", "-help", "--helpfull", "-?")
+
+
+def _experiments_dir() -> Optional[str]:
+  """The repository's experiments/ folder (beside the package), if there is one."""
+  here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
+  return here if os.path.isdir(here) else None
+
+
+def _experiment_variants() -> List[str]:
+  """``experiments/NAME.py: VARIANT, ...`` lines, read from each file's VARIANTS tuple."""
+  import ast  # pylint: disable=g-import-not-at-top
+  folder = _experiments_dir()
+  if folder is None:
+    return []
+  lines = []
+  for name in sorted(os.listdir(folder)):
+    if not name.endswith(".py") or name.startswith("_"):
+      continue
+    variants = []
+    try:
+      with open(os.path.join(folder, name), encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+      for node in tree.body:
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1
+            and getattr(node.targets[0], "id", None) == "VARIANTS"):
+          variants = list(ast.literal_eval(node.value))
+    except (OSError, SyntaxError, ValueError):
+      pass
+    lines.append(f"  experiments/{name}" + (f": {', '.join(variants)}" if variants else ""))
+  return lines
+
+
+# The untagged flags each command reads (tagged flags' help starts with `command`).
+_COMMAND_FLAGS = {
+    "search": ("config", "workdir"), "train": ("config", "workdir", "genotype"),
+    "info": ("config", "genotype", "json"), "plot": ("workdir", "genotype"),
+    "bench": ("config", "genotype", "json"), "explore": ("config", "workdir", "json"),
+}
+
+
+def help_text(command: Optional[str], fv: flags.FlagValues) -> str:
+  """``dnas [COMMAND] --help``: usage, the command's flags, the experiments, the genotypes."""
+  from dnas import published  # pylint: disable=g-import-not-at-top
+  entries: List[List[str]] = []
+  for line in USAGE.strip("\n").splitlines():
+    if line.lstrip().startswith("dnas "):
+      entries.append([line])
+    elif entries:
+      entries[-1].append(line)
+  shown = [e for e in entries if command is None or e[0].split()[1] == command]
+  out = ["dnas: differentiable and discrete neural architecture search in JAX.", "", "usage:"]
+  out += [line for e in shown for line in e] + [""]
+  if command is None:
+    out += [f"commands: {', '.join(COMMANDS)}; `dnas COMMAND --help` lists its flags.",
+            "Every config key can be overridden: --config.KEY=VALUE (e.g. "
+            "--config.search.epochs=5); `dnas info --config FILE --show_config` lists them.", ""]
+  else:
+    tag = f"`{command}"
+    out.append(f"flags of `{command}`:")
+    for name in sorted(fv):
+      flag = fv[name]
+      text = flag.help or ""
+      if name in _COMMAND_FLAGS.get(command, ()) or text.startswith(tag):
+        default = "" if flag.default in (None, [], False) else f" (default {flag.default!r})"
+        out.append(f"  --{name}: {text}{default}")
+    out.append("")
+  exps = _experiment_variants()
+  if exps:
+    out += ["experiments (--config FILE[:VARIANT]):"] + exps + [""]
+  out += ["published genotypes (--genotype NAME): " + ", ".join(published.names())]
+  return "\n".join(out)
+
+
+def show_config(cfg, path: str) -> str:
+  """Every key of ``cfg`` with its value and the comment the config file gives it."""
+  import re  # pylint: disable=g-import-not-at-top
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  comments = {}
+  try:
+    with open(path, encoding="utf-8") as f:
+      for line in f:
+        m = re.match(r"\s*c\.([\w.]+)\s*=.*?#\s*(.+)$", line)
+        if m:
+          comments[m.group(1)] = m.group(2).strip()
+  except OSError:
+    pass
+  flat = traverse_util.flatten_dict(json.loads(cfg.to_json_best_effort()), sep=".")
+  width = max(len(k) for k in flat)
+  lines = []
+  for key in sorted(flat):
+    note = comments.get(key, "")
+    lines.append(f"{key:<{width}}  {json.dumps(flat[key])}" + (f"  # {note}" if note else ""))
+  return "\n".join(lines)
+
+
+def _check_paths(argv: List[str]) -> None:
+  """One-line errors for the paths a command is given, before anything starts."""
+  values = {}
+  for i, a in enumerate(argv):
+    for name in ("config", "workdir", "out"):
+      if a == f"--{name}" and i + 1 < len(argv):
+        values[name] = argv[i + 1]
+      elif a.startswith(f"--{name}="):
+        values[name] = a.split("=", 1)[1]
+  if "config" in values:
+    path = values["config"]
+    if not os.path.isfile(path) and ":" in path:
+      path = path.rsplit(":", 1)[0]
+    if not os.path.exists(path):
+      raise UsageError(f"--config {values['config']}: no such file ({path})")
+    if os.path.isdir(path):
+      raise UsageError(f"--config {values['config']}: a folder; give a config file such as "
+                       f"experiments/nb201_darts_cifar10.py[:VARIANT]")
+  for name in ("workdir", "out"):
+    if name in values and os.path.exists(values[name]) and not os.path.isdir(values[name]):
+      raise UsageError(f"--{name} {values[name]}: a file, not a folder; give a folder (it is "
+                       f"created if missing)")
+
+
+def _check_run_kind(command: str, workdir: str) -> None:
+  """A search run folder given to `train`, or a training one to `search`: say so."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    return
+  try:
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)
+  except (OSError, ValueError):
+    return  # the resume check reports an unreadable config.json
+  kind = "search" if "search" in saved else "train"
+  if kind != command:
+    raise UsageError(f"--workdir {workdir} holds a {kind} run ({path}); `dnas {command}` writes "
+                     f"its own run folder: choose another --workdir")
+
+
 def run(argv: List[str]) -> int:
   """Runs one command; returns the exit status."""
   fv = flags.FlagValues()
   _define_flags(fv, argv)
+  if any(a in HELP_FLAGS for a in argv[1:]):
+    words = [a for a in argv[1:] if not a.startswith("-")]
+    command = words[0] if words and words[0] in COMMANDS else None
+    print(help_text(command, fv))
+    return 0
+  _check_paths(argv)
   try:
     rest = fv(argv)
   except flags.Error as e:
@@ -252,6 +403,8 @@ def run(argv: List[str]) -> int:
     raise UsageError(f"expected one command out of {list(COMMANDS)}, got {rest[1:]}\n"
                      f"usage:{USAGE}")
   command = rest[1]
+  if command in ("search", "train") and fv.workdir:
+    _check_run_kind(command, fv.workdir)
   if command == "search":
     if fv.config is None or not fv.workdir:
       raise UsageError("search needs --config and --workdir")
@@ -279,6 +432,12 @@ def run(argv: List[str]) -> int:
   if command == "info":
     if fv.config is None:
       raise UsageError("info needs --config")
+    if fv.show_config:
+      path = config_flags.get_config_filename(fv["config"])
+      if not os.path.isfile(path) and ":" in path:
+        path = path.rsplit(":", 1)[0]
+      print(show_config(fv.config, path))
+      return 0
     info = _info(fv.config, fv.genotype)
     print(json.dumps(info) if fv.json else "\n".join(f"{k}: {v}" for k, v in info.items()))
     return 0
@@ -381,12 +540,39 @@ def _user_errors():
           plugins.PluginError, explore.ExploreError, benchmarks.TableError)
 
 
+def _new_folders(argv: List[str]) -> List[str]:
+  """The --workdir/--out folders that do not exist yet (removed again if the command fails
+  before writing more than its config)."""
+  out = []
+  for i, a in enumerate(argv):
+    for name in ("--workdir", "--out"):
+      value = argv[i + 1] if a == name and i + 1 < len(argv) else (
+          a.split("=", 1)[1] if a.startswith(name + "=") else None)
+      if value and not os.path.exists(value):
+        out.append(value)
+  return out
+
+
+def _remove_if_unused(folder: str) -> None:
+  """Removes ``folder`` if it holds nothing but a config.json and empty folders."""
+  if not os.path.isdir(folder):
+    return
+  for root, _, files in os.walk(folder):
+    if any(not (root == folder and f == "config.json") for f in files):
+      return
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.rmtree(folder, ignore_errors=True)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
   argv = list(sys.argv if argv is None else argv)
+  fresh = _new_folders(argv)
   try:
     code = run(argv)
   except Exception as e:  # pylint: disable=broad-except
     if isinstance(e, _user_errors()):
+      for folder in fresh:
+        _remove_if_unused(folder)
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
     raise

@@ -250,3 +250,101 @@ def test_usage_errors_exit_2_without_traceback(args, needle, capsys):
   err = capsys.readouterr().err
   assert e.value.code == 2
   assert needle in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args", [["--help"], ["-h"], ["search", "--help"], ["explore", "-h"],
+                                  ["train", "--help"]])
+def test_help_exits_0_and_names_the_config_flag_commands_experiments_and_genotypes(args, capsys):
+  with pytest.raises(SystemExit) as e:
+    cli.main(["dnas", *args])
+  out = capsys.readouterr().out
+  assert e.value.code == 0
+  assert "--config" in out and f"dnas {args[0] if args[0][0] != '-' else 'search'}" in out
+  if args[0].startswith("-"):
+    assert all(f"dnas {c}" in out for c in cli.COMMANDS if c != "bench")
+  assert "experiments/nb201_darts_cifar10.py: first_order, second_order, smoke" in out
+  assert "DARTS_V2" in out
+  if args[0] == "explore":
+    assert "--no_repeat" in out and "--budget" in out
+  if args[0] == "search":
+    assert "--workdir" in out and "--budget" not in out
+
+
+def test_info_show_config_lists_every_key_with_its_value_and_comment(capsys):
+  code = cli.run(["dnas", "info", "--config", f"{CONFIG}:smoke", "--show_config"])
+  out = capsys.readouterr().out
+  assert code == 0
+  lines = {l.split()[0]: l for l in out.splitlines()}
+  assert lines["data.batch_size"].split()[1] == json.dumps(_config(CONFIG, "smoke").data.batch_size)
+  assert "# a local archive or folder" in lines["data.path"]
+  flat = _flat_keys(_config(CONFIG, "smoke"))
+  assert set(lines) == flat
+
+
+def _flat_keys(cfg, prefix=""):
+  out = set()
+  for k, v in cfg.items():
+    if hasattr(v, "items") and len(v):
+      out |= _flat_keys(v, f"{prefix}{k}.")
+    else:
+      out.add(f"{prefix}{k}")
+  return out
+
+
+def _bad_path_cases(tmp_path):
+  a_file = tmp_path / "a_file"
+  a_file.write_text("x")
+  folder = tmp_path / "no_genotype_here"
+  folder.mkdir()
+  config = f"{CONFIG}:smoke"
+  train = f"{TRAIN_CONFIG}:smoke"
+  return [
+      (["search", "--config", str(tmp_path / "missing.py"), "--workdir", str(tmp_path / "w")],
+       "missing.py"),
+      (["search", "--config", f"{tmp_path / 'missing.py'}:smoke", "--workdir",
+        str(tmp_path / "w")], "missing.py"),
+      (["search", "--config", str(tmp_path), "--workdir", str(tmp_path / "w")], "a folder"),
+      (["info", "--config", str(tmp_path / "nope.py")], "nope.py"),
+      (["search", "--config", config, "--workdir", str(a_file)], "--workdir"),
+      (["train", "--config", train, "--genotype", "DARTS_V2", "--workdir", str(a_file)],
+       "--workdir"),
+      (["explore", "--strategy", "random_search", "--workdir", str(a_file)], "--workdir"),
+      (["plot", "--genotype", "DARTS_V2", "--out", str(a_file)], "--out"),
+      (["plot", "--genotype", str(folder)], "genotype.json"),
+      (["train", "--config", train, "--genotype", str(folder), "--workdir",
+        str(tmp_path / "w")], "genotype.json"),
+      (["plot", "--genotype", str(tmp_path / "missing.json")], "missing.json"),
+  ]
+
+
+def test_bad_paths_give_one_error_line_exit_2_and_leave_nothing(tmp_path, capsys):
+  before = sorted(os.listdir(tmp_path))
+  for args, needle in _bad_path_cases(tmp_path):
+    before = sorted(os.listdir(tmp_path))
+    with pytest.raises(SystemExit) as e:
+      cli.main(["dnas", *args])
+    err = capsys.readouterr().err
+    assert e.value.code == 2, args
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, (args, err)
+    assert needle in err and "Traceback" not in err, (args, err)
+    assert sorted(os.listdir(tmp_path)) == before, args  # nothing created
+
+
+def test_train_on_a_search_folder_names_it_and_a_failed_start_leaves_no_folder(tmp_path,
+                                                                                capsys):
+  run = tmp_path / "search_run"
+  run.mkdir()
+  (run / "config.json").write_text(json.dumps({"search": {"epochs": 1}, "data": {}}))
+  with pytest.raises(SystemExit) as e:
+    cli.main(["dnas", "train", "--config", f"{TRAIN_CONFIG}:smoke", "--genotype", "DARTS_V2",
+              "--workdir", str(run)])
+  err = capsys.readouterr().err
+  assert e.value.code == 2 and "holds a search run" in err and "another --workdir" in err
+  # Missing data: the run folder the command created is removed again.
+  work = tmp_path / "fresh"
+  with pytest.raises(SystemExit) as e:
+    cli.main(["dnas", "search", "--config", f"{CONFIG}:smoke", "--workdir", str(work),
+              f"--config.data.path={tmp_path / 'no_such_archive.tar.gz'}"])
+  err = capsys.readouterr().err
+  assert e.value.code == 2 and "no_such_archive" in err
+  assert not work.exists()
