@@ -169,6 +169,31 @@ def _info(cfg, genotype_spec: Optional[str] = None) -> dict:
   return info
 
 
+def _si(n: float, unit: str) -> str:
+  """``1.93 M params``, ``0.22 GFLOPs``."""
+  sep = "" if unit == "FLOPs" else " "
+  for scale, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+    if abs(n) >= scale:
+      return f"{n / scale:.2f} {prefix}{sep}{unit}"
+  return f"{n:g} {unit}"
+
+
+def readable_info(info: dict) -> str:
+  """``dnas info``'s figures for people (``--json`` keeps the raw ones)."""
+  lines = [f"{info['kind']} network, space {info['space']}, input {info['input_shape']}"]
+  lines.append(f"weights: {_si(info['n_params'], 'params')}"
+               + (f" ({_si(info['n_params_aux'], 'params')} with the auxiliary head)"
+                  if info["n_params_aux"] != info["n_params"] else ""))
+  if info.get("n_arch_params"):
+    shapes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in info["arch_shapes"].items())
+    lines.append(f"architecture parameters: {info['n_arch_params']} ({shapes})")
+  lines.append(f"inference: {_si(info['flops'], 'FLOPs')} per image (XLA's count, 2 per "
+               f"multiply-add)")
+  if "genotype" in info:
+    lines.append(f"genotype: {json.dumps(info['genotype'])}")
+  return "\n".join(lines)
+
+
 def _unknown_override(fv, argv, err) -> str:
   """Names the first --config.KEY override whose KEY the config lacks."""
   del fv
@@ -439,7 +464,7 @@ def run(argv: List[str]) -> int:
       print(show_config(fv.config, path))
       return 0
     info = _info(fv.config, fv.genotype)
-    print(json.dumps(info) if fv.json else "\n".join(f"{k}: {v}" for k, v in info.items()))
+    print(json.dumps(info) if fv.json else readable_info(info))
     return 0
   if command == "explore":
     return _explore(fv)
@@ -450,7 +475,9 @@ def run(argv: List[str]) -> int:
     plugins.from_run_folder(fv.workdir)  # the run's own ops, for its genotype
     files = train_lib.draw(fv.workdir)
   elif fv.genotype:
-    files = plot.draw_genotype(_load_genotype(fv.genotype), fv.out or ".", stem="genotype")
+    files = plot.draw_genotype(
+        _load_genotype(fv.genotype), fv.out or ".", stem="genotype",
+        name=os.path.basename(os.path.normpath(fv.genotype))[:60])
   else:
     raise UsageError("plot needs --workdir or --genotype")
   print("\n".join(files))

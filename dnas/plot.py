@@ -1,8 +1,9 @@
 """Drawings of cells and of alpha during search, with matplotlib alone (no graphviz binary).
 
-A DARTS cell (Liu et al., 2019) reads two inputs, ``c_{k-2}`` and ``c_{k-1}``, builds
-intermediate nodes ``0 .. n-1`` from two labelled edges each, and concatenates the nodes listed in
-``*_concat`` into its output ``c_{k}``. An NB201 cell (Dong & Yang, 2020) has nodes ``0 .. 3``;
+A DARTS cell (Liu et al., 2019) reads two inputs, ``c_{k-2}`` and ``c_{k-1}`` (states 0 and 1),
+builds intermediate nodes ``2 .. n+1`` from two labelled edges each, and concatenates the nodes
+listed in ``*_concat`` into its output ``c_{k}``: the numbering of the genotype JSON (an edge's
+source and ``*_concat``) and of the alpha heatmap's edge labels. An NB201 cell (Dong & Yang, 2020) has nodes ``0 .. 3``;
 node 0 is the input, node 3 the output, and every edge is labelled with its op.
 
 ``cell_dot`` writes a cell as graphviz DOT text for those who have graphviz; ``draw_cell`` draws
@@ -69,7 +70,7 @@ def _darts_graph(g: DartsGenotype, which: str) -> _Graph:
   n = len(edges) // 2
   if len(edges) % 2 or n == 0:
     raise GenotypeError(f"{which}: expected two (op, source) pairs per node, got {len(edges)}")
-  states = ["c_{k-2}", "c_{k-1}"] + [str(i) for i in range(n)]
+  states = ["c_{k-2}", "c_{k-1}"] + [str(i + 2) for i in range(n)]
   out = []
   for i, (op, src) in enumerate(edges):
     node = i // 2
@@ -303,7 +304,7 @@ def _geometry(graph: _Graph) -> _Geometry:
                    (float(lo[1]), float(hi[1])))
 
 
-def _cell_figure(graph: _Graph):
+def _cell_figure(graph: _Graph, title: Optional[str] = None):
   from matplotlib.patches import Circle, FancyArrowPatch  # pylint: disable=g-import-not-at-top
   geo = _geometry(graph)
   width = geo.x_lim[1] - geo.x_lim[0]
@@ -334,11 +335,11 @@ def _cell_figure(graph: _Graph):
                         alpha=0.85))
   ax.set_xlim(*geo.x_lim)
   ax.set_ylim(*geo.y_lim)
-  fig.suptitle(graph.title, y=1.0, va="top")
+  fig.suptitle(title or graph.title, y=1.0, va="top")
   return fig
 
 
-def draw_cell(genotype: Genotype, which: str, path: str) -> str:
+def draw_cell(genotype: Genotype, which: str, path: str, name: Optional[str] = None) -> str:
   """Draws a cell to ``path`` as PNG or PDF (by extension), written atomically.
 
   Inputs sit on the left, each intermediate node one column right of its deepest source, the
@@ -348,18 +349,21 @@ def draw_cell(genotype: Genotype, which: str, path: str) -> str:
     genotype: a DARTS or NB201 genotype.
     which: ``"normal"`` or ``"reduce"`` for DARTS; ``"cell"`` (or ``"normal"``) for NB201.
     path: the file to write, ending in ``.png`` or ``.pdf``.
+    name: the genotype's or run's name, shown in the title (``"DARTS_V2: normal cell"``).
 
   Returns:
     ``path``.
   """
   fmt = _format(path)
-  fig = _cell_figure(_graph(genotype, which))
+  graph = _graph(genotype, which)
+  fig = _cell_figure(graph, f"{name}: {graph.title} cell" if name else None)
   data = _render(fig, fmt)
   io.atomic_write_bytes(path, data)
   return path
 
 
-def draw_genotype(genotype: Genotype, out_dir: str, stem: str = "genotype") -> List[str]:
+def draw_genotype(genotype: Genotype, out_dir: str, stem: str = "genotype",
+                  name: Optional[str] = None) -> List[str]:
   """Draws every cell of ``genotype`` into ``out_dir`` as ``.png``, ``.pdf`` and ``.dot``.
 
   Args:
@@ -367,6 +371,7 @@ def draw_genotype(genotype: Genotype, out_dir: str, stem: str = "genotype") -> L
     out_dir: the folder to write to (created if missing).
     stem: file name prefix. DARTS writes ``{stem}_normal.*`` and ``{stem}_reduce.*``; NB201
       writes ``{stem}.*``.
+    name: the genotype's or run's name, shown in the drawings' titles.
 
   Returns:
     The paths written, in order.
@@ -381,10 +386,18 @@ def draw_genotype(genotype: Genotype, out_dir: str, stem: str = "genotype") -> L
   for which, name in cells:
     base = os.path.join(out_dir, name)
     for fmt in _FORMATS:
-      written.append(draw_cell(genotype, which, f"{base}.{fmt}"))
+      written.append(draw_cell(genotype, which, f"{base}.{fmt}", name=name))
     io.atomic_write_text(f"{base}.dot", cell_dot(genotype, which))
     written.append(f"{base}.dot")
   return written
+
+
+def _span(values: np.ndarray) -> Tuple[float, float]:
+  """The colour scale of a heatmap: its values' range (widened when they are all equal)."""
+  lo, hi = float(np.min(values)), float(np.max(values))
+  if hi - lo < 1e-6:
+    lo, hi = lo - 0.005, hi + 0.005
+  return lo, hi
 
 
 def _check_history(name: str, h, n_ops: int) -> np.ndarray:
@@ -401,7 +414,7 @@ def _check_history(name: str, h, n_ops: int) -> np.ndarray:
 def draw_alpha_history(history: Union[np.ndarray, Mapping[str, np.ndarray]],
                        op_names: Sequence[str], path: str,
                        edge_labels: Optional[Sequence[str]] = None,
-                       none_competes: bool = False) -> str:
+                       none_competes: bool = False, name: Optional[str] = None) -> str:
   """Draws op weights during search to ``path`` (PNG or PDF by extension), written atomically.
 
   One row per cell type, two heatmaps per row: on the left the final epoch's weights (edges x
@@ -418,10 +431,16 @@ def draw_alpha_history(history: Union[np.ndarray, Mapping[str, np.ndarray]],
       ``"edge i"`` by default.
     none_competes: ``none`` can win an edge (NAS-Bench-201's discretization keeps the argmax
       over every op).
+    name: the run's name, shown in the titles.
+
+  The colour scale of each heatmap spans the weights it shows (a smoke run's 0.12-0.14 shows
+  as much contrast as a finished search's 0-1); the colour bars give the values. Epoch ticks
+  are whole epochs.
 
   Returns:
     ``path``.
   """
+  from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
   fmt = _format(path)
   op_names = [str(o) for o in op_names]
   items = history.items() if isinstance(history, Mapping) else [("alpha", history)]
@@ -434,32 +453,36 @@ def draw_alpha_history(history: Union[np.ndarray, Mapping[str, np.ndarray]],
   height = max(2.8, 0.32 * max_edges + 1.6)
   fig = _new_figure(13.0, height * len(cells))
   axes = fig.subplots(len(cells), 2, squeeze=False)
-  for (name, h), (ax_final, ax_time) in zip(cells, axes):
+  for (cell, h), (ax_final, ax_time) in zip(cells, axes):
     epochs, edges, _ = h.shape
     if edge_labels is not None and len(edge_labels) != edges:
-      raise ValueError(f"alpha history {name!r}: {edges} edges but {len(edge_labels)} "
+      raise ValueError(f"alpha history {cell!r}: {edges} edges but {len(edge_labels)} "
                        "edge_labels")
     labels = list(edge_labels) if edge_labels is not None else [f"edge {e}" for e in range(edges)]
     final = h[-1]
-    im = ax_final.imshow(final, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0,
+    prefix = f"{name}, {cell}" if name else cell
+    lo, hi = _span(final)
+    im = ax_final.imshow(final, aspect="auto", cmap="viridis", vmin=lo, vmax=hi,
                          interpolation="nearest")
     ax_final.set_xticks(range(len(op_names)), op_names, rotation=45, ha="right", fontsize=8)
     ax_final.set_yticks(range(edges), labels, fontsize=8)
-    ax_final.set_title(f"{name}: op weights at epoch {epochs}")
+    ax_final.set_title(f"{prefix}: op weights at epoch {epochs}")
     if edges * len(op_names) <= 200:
       for e in range(edges):
         for o in range(len(op_names)):
           ax_final.text(o, e, f"{final[e, o]:.2f}", ha="center", va="center", fontsize=6,
-                        color="white" if final[e, o] < 0.5 else "black")
+                        color="white" if final[e, o] < (lo + hi) / 2 else "black")
     fig.colorbar(im, ax=ax_final, fraction=0.04)
     best = [candidates[int(np.argmax(final[e, candidates]))] for e in range(edges)]
     track = h[:, np.arange(edges), best].T  # [edges, epochs]
-    im = ax_time.imshow(track, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0,
+    lo, hi = _span(track)
+    im = ax_time.imshow(track, aspect="auto", cmap="viridis", vmin=lo, vmax=hi,
                         interpolation="nearest", extent=(0.5, epochs + 0.5, edges - 0.5, -0.5))
+    ax_time.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax_time.set_yticks(range(edges), [f"{lab}: {op_names[b]}" for lab, b in zip(labels, best)],
                        fontsize=8)
     ax_time.set_xlabel("epoch")
-    ax_time.set_title(f"{name}: weight of each edge's final strongest op")
+    ax_time.set_title(f"{prefix}: weight of each edge's final strongest op")
     fig.colorbar(im, ax=ax_time, fraction=0.04)
   fig.tight_layout()
   data = _render(fig, fmt)

@@ -193,6 +193,19 @@ def test_nb201_search_smoke(cifar10_archive, tmp_path, caches, fast_compile, cap
   assert info["n_params"] == info["n_params_aux"] > 0 and info["flops"] > 0
 
 
+def test_info_prints_readable_figures():
+  text = cli.readable_info({"kind": "train", "space": "darts_cifar", "input_shape": [1, 32, 32, 3],
+                            "n_params": 3349342, "n_params_aux": 3825768, "n_arch_params": 0,
+                            "flops": 1089000000})
+  assert "weights: 3.35 M params (3.83 M params with the auxiliary head)" in text
+  assert "inference: 1.09 GFLOPs per image" in text
+  text = cli.readable_info({"kind": "search", "space": "nb201", "input_shape": [1, 32, 32, 3],
+                            "n_params": 25050, "n_params_aux": 25050, "n_arch_params": 30,
+                            "arch_shapes": {"cell": [6, 5]}, "flops": 6470000})
+  assert "weights: 25.05 k params" in text and "auxiliary" not in text
+  assert "architecture parameters: 30 (cell 6x5)" in text and "6.47 MFLOPs" in text
+
+
 def test_info_reports_params_and_flops(capsys):
   assert cli.run(["dnas", "info", "--config", TRAIN_CONFIG, "--genotype", "DARTS_V2",
                   "--json"]) == 0

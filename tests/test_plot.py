@@ -15,7 +15,7 @@ from dnas import published
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NB201_ARCH = ("|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|"
               "+|skip_connect~0|none~1|skip_connect~2|")
-STATES = ["c_{k-2}", "c_{k-1}", "0", "1", "2", "3"]
+STATES = ["c_{k-2}", "c_{k-1}", "2", "3", "4", "5"]
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ def test_dot_has_every_edge_with_its_op(name, which):
   dot = plot.cell_dot(g, which)
   assert dot.startswith(f'digraph "{which}" {{') and dot.rstrip().endswith("}")
   for i, (op, src) in enumerate(getattr(g, which)):
-    assert f'"{STATES[src]}" -> "{i // 2}" [label="{op}"]' in dot
+    assert f'"{STATES[src]}" -> "{i // 2 + 2}" [label="{op}"]' in dot
   for c in getattr(g, which + "_concat"):
     assert f'"{STATES[c]}" -> "c_{{k}}"' in dot
   assert dot.count("->") == len(getattr(g, which)) + len(getattr(g, which + "_concat"))
@@ -226,3 +226,14 @@ def test_failed_alpha_history_leaves_no_file(tmp_path, monkeypatch):
   with pytest.raises(RuntimeError):
     plot.draw_alpha_history(h, ops.DARTS.ops, str(tmp_path / "a.png"))
   assert _leftovers(tmp_path) == []
+
+
+def test_heatmap_scale_spans_the_values_and_titles_name_the_genotype():
+  assert plot._span(np.array([[0.12, 0.14], [0.13, 0.125]])) == (0.12, 0.14)
+  lo, hi = plot._span(np.full((2, 2), 0.2))
+  assert lo < 0.2 < hi
+  graph = plot._graph(published.get("DARTS_V2"), "normal")
+  fig = plot._cell_figure(graph, "DARTS_V2: normal cell")
+  assert fig._suptitle.get_text() == "DARTS_V2: normal cell"
+  # Intermediate nodes are numbered as the genotype JSON's states: 2 .. 5.
+  assert [n.name for n in graph.nodes] == ["c_{k-2}", "c_{k-1}", "2", "3", "4", "5", "c_{k}"]
