@@ -10,8 +10,11 @@ Example::
     g = published.get("DARTS_V2")
     g.normal[7]  # ('dil_conv_3x3', 2)
 
-Names follow the original files (``PC_DARTS_image`` is PC-DARTS' ImageNet cell). There is
-deliberately no bare ``"DARTS"`` alias: in the DARTS repository that name has meant the first-
+Names are ``METHOD[_VERSION]`` as the original files name them, with ``_cifar10`` or
+``_imagenet`` (the dataset searched on) where a method published cells for both:
+``PC_DARTS_cifar10`` and ``PC_DARTS_imagenet`` (the original file's ``PC_DARTS_cifar`` and
+``PC_DARTS_image``, which still load, as ``ALIASES``), ``DrNAS_cifar10`` and ``DrNAS_imagenet``.
+There is deliberately no bare ``"DARTS"`` alias: in the DARTS repository that name has meant the first-
 order cell (V1) in one version of the file and the second-order cell (V2) in another.
 
 Not included: GDAS' "FRC" result (``GDAS_F1`` in D-X-Y's file) searches only the normal cell and
@@ -58,7 +61,7 @@ GENOTYPES: Dict[str, Genotype] = {
                      (("max_pool_3x3", 0), ("skip_connect", 2)),
                      (("skip_connect", 2), ("max_pool_3x3", 1)))),
     # PC-DARTS, searched on CIFAR-10.
-    "PC_DARTS_cifar": _darts(
+    "PC_DARTS_cifar10": _darts(
         normal=_cell((("sep_conv_3x3", 1), ("skip_connect", 0)),
                      (("sep_conv_3x3", 0), ("dil_conv_3x3", 1)),
                      (("sep_conv_5x5", 0), ("sep_conv_3x3", 1)),
@@ -68,7 +71,7 @@ GENOTYPES: Dict[str, Genotype] = {
                      (("sep_conv_3x3", 0), ("sep_conv_3x3", 3)),
                      (("sep_conv_3x3", 1), ("sep_conv_3x3", 2)))),
     # PC-DARTS, searched directly on (a subset of) ImageNet.
-    "PC_DARTS_image": _darts(
+    "PC_DARTS_imagenet": _darts(
         normal=_cell((("skip_connect", 1), ("sep_conv_3x3", 0)),
                      (("sep_conv_3x3", 0), ("skip_connect", 1)),
                      (("sep_conv_3x3", 1), ("sep_conv_3x3", 3)),
@@ -136,9 +139,9 @@ CITATIONS: Dict[str, str] = {
     "DARTS_V2": (f"{_DARTS}; github.com/quark0/darts cnn/genotypes.py (DARTS_V2), as "
                  "reproduced in github.com/yuhuixu1993/PC-DARTS genotypes.py and "
                  "github.com/chenxin061/pdarts genotypes.py"),
-    "PC_DARTS_cifar": (f"{_PC_DARTS}; github.com/yuhuixu1993/PC-DARTS genotypes.py "
+    "PC_DARTS_cifar10": (f"{_PC_DARTS}; github.com/yuhuixu1993/PC-DARTS genotypes.py "
                        "(PC_DARTS_cifar)"),
-    "PC_DARTS_image": (f"{_PC_DARTS}; github.com/yuhuixu1993/PC-DARTS genotypes.py "
+    "PC_DARTS_imagenet": (f"{_PC_DARTS}; github.com/yuhuixu1993/PC-DARTS genotypes.py "
                        "(PC_DARTS_image)"),
     "PDARTS": f"{_PDARTS}; github.com/chenxin061/pdarts genotypes.py (PDARTS)",
     "GDAS_V1": (f"{_GDAS}; github.com/D-X-Y/AutoDL-Projects others/GDAS/lib/nas/genotypes.py "
@@ -148,6 +151,11 @@ CITATIONS: Dict[str, str] = {
     "DrNAS_imagenet": (f"{_DRNAS}; github.com/xiangning-chen/DrNAS DARTS-space/genotypes.py "
                        "(DrNAS_imagenet)"),
 }
+
+
+# Earlier names, still accepted by ``get``.
+ALIASES: Dict[str, str] = {"PC_DARTS_cifar": "PC_DARTS_cifar10",
+                           "PC_DARTS_image": "PC_DARTS_imagenet"}
 
 
 class UnknownGenotypeError(KeyError):
@@ -166,7 +174,8 @@ def get(name: str) -> Genotype:
   """Returns the published genotype ``name``.
 
   Args:
-    name: a key of ``GENOTYPES``, e.g. ``"DARTS_V2"`` or ``"PC_DARTS_cifar"``.
+    name: a key of ``GENOTYPES``, e.g. ``"DARTS_V2"`` or ``"PC_DARTS_cifar10"``, or of
+      ``ALIASES``.
 
   Returns:
     The genotype; its source is ``CITATIONS[name]``.
@@ -175,7 +184,7 @@ def get(name: str) -> Genotype:
     UnknownGenotypeError: (a ``KeyError``) ``name`` is unknown; the message lists valid names.
   """
   try:
-    return GENOTYPES[name]
+    return GENOTYPES[ALIASES.get(name, name)]
   except (KeyError, TypeError):
     raise UnknownGenotypeError(
         f"unknown published genotype {name!r}; known: {', '.join(names())}") from None

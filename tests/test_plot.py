@@ -77,7 +77,7 @@ def test_dot_rejects_bad_source():
 
 # --- Layout -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["DARTS_V2", "PC_DARTS_image", "GDAS_V1"])
+@pytest.mark.parametrize("name", ["DARTS_V2", "PC_DARTS_imagenet", "GDAS_V1"])
 def test_layout_is_layered_left_to_right(name):
   g = published.get(name)
   graph = plot._graph(g, "normal")  # pylint: disable=protected-access
@@ -122,7 +122,7 @@ def test_draw_cell_rejects_unknown_extension(tmp_path):
 
 
 def test_draw_genotype_darts(tmp_path):
-  g = published.get("PC_DARTS_cifar")
+  g = published.get("PC_DARTS_cifar10")
   paths = plot.draw_genotype(g, str(tmp_path / "out"), stem="pc")
   names = sorted(os.path.basename(p) for p in paths)
   assert names == sorted(f"pc_{w}.{ext}" for w in ("normal", "reduce")

@@ -58,10 +58,10 @@ def test_unhashable_name_is_a_key_error():
     ("DARTS_V2", "normal", 0, ("sep_conv_3x3", 0)),
     ("DARTS_V2", "reduce", 3, ("max_pool_3x3", 1)),
     # yuhuixu1993/PC-DARTS genotypes.py
-    ("PC_DARTS_cifar", "normal", 6, ("avg_pool_3x3", 0)),
-    ("PC_DARTS_cifar", "reduce", 5, ("sep_conv_3x3", 3)),
-    ("PC_DARTS_image", "normal", 7, ("dil_conv_5x5", 4)),
-    ("PC_DARTS_image", "reduce", 2, ("dil_conv_5x5", 2)),
+    ("PC_DARTS_cifar10", "normal", 6, ("avg_pool_3x3", 0)),
+    ("PC_DARTS_cifar10", "reduce", 5, ("sep_conv_3x3", 3)),
+    ("PC_DARTS_imagenet", "normal", 7, ("dil_conv_5x5", 4)),
+    ("PC_DARTS_imagenet", "reduce", 2, ("dil_conv_5x5", 2)),
     # chenxin061/pdarts genotypes.py
     ("PDARTS", "normal", 1, ("dil_conv_3x3", 1)),
     ("PDARTS", "reduce", 0, ("avg_pool_3x3", 0)),
@@ -89,3 +89,11 @@ def test_darts_v2_whole_normal_cell():
 def test_genotypes_are_distinct():
   cells = [(g.normal, g.reduce) for g in published.GENOTYPES.values()]
   assert len(set(cells)) == len(cells)
+
+
+def test_one_naming_convention_and_the_old_names_still_load():
+  for name in published.names():
+    assert not name.endswith(("_cifar", "_image")), name
+  for old, new in published.ALIASES.items():
+    assert old not in published.GENOTYPES
+    assert published.get(old) == published.get(new)
