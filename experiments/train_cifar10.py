@@ -8,6 +8,8 @@ Variants:
            hyperparameter set H): C=16, 5 cells per stage, Nesterov SGD with momentum 0.9,
            weight decay 5e-4, lr 0.1 cosine to 0, batch 256, 200 epochs, crop and flip; no
            cutout, auxiliary head, drop-path or gradient clipping.
+  nb201_smoke  the nb201 recipe at smoke size: C=8, 1 cell per stage, 256 real images, batch 32,
+           1 epoch.
 
 Run::
 
@@ -27,7 +29,7 @@ space's best cell at 94.37 % (CIFAR-10, 200 epochs).
 
 import ml_collections
 
-VARIANTS = ("default", "smoke", "nb201")
+VARIANTS = ("default", "smoke", "nb201", "nb201_smoke")
 
 
 def get_config(variant: str = "default") -> ml_collections.ConfigDict:
@@ -105,7 +107,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     c.train.epochs = 1
     c.log_every_steps = 4
     c.checkpoint_every_steps = 4
-  elif variant == "nb201":
+  elif variant in ("nb201", "nb201_smoke"):
     c.data.batch_size = 256
     c.data.cutout = 0
     c.model.space = "nb201"
@@ -121,6 +123,16 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
     c.train.nesterov = True
     c.train.aux_weight = 0.0
     c.train.drop_path_prob = 0.0
+    if variant == "nb201_smoke":
+      c.data.batch_size = 32
+      c.data.eval_batch_size = 128
+      c.data.train_size = 256
+      c.data.test_size = 256
+      c.model.channels = 8
+      c.model.layers = 1
+      c.train.epochs = 1
+      c.log_every_steps = 4
+      c.checkpoint_every_steps = 4
   else:
     raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
   return c

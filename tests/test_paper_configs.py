@@ -28,7 +28,9 @@ def _variants(path):
 
 SEARCH_CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO, "experiments", "*.py"))
                         if not os.path.basename(p).startswith(("train_", "explore_")))
-DARTS_CONFIGS = sorted(glob.glob(os.path.join(REPO, "experiments", "*darts*.py")))
+# The configs of DARTS itself (its virtual step, its second-order variant), not its variants.
+DARTS_CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO, "experiments", "*darts*.py"))
+                       if train_lib.load_config(p).search.get("strategy", "darts") == "darts")
 TRAIN_CONFIGS = sorted(glob.glob(os.path.join(REPO, "experiments", "train_*.py")))
 
 

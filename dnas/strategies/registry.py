@@ -51,7 +51,9 @@ class _Entry(NamedTuple):
 _REGISTRY: Dict[str, _Entry] = {}
 # Modules of dnas whose import registers the built-in strategies.
 _BUILTIN_MODULES = ("dnas.strategies.darts", "dnas.strategies.gdas", "dnas.strategies.snas",
-                    "dnas.strategies.drnas", "dnas.strategies.spos")
+                    "dnas.strategies.drnas", "dnas.strategies.spos", "dnas.strategies.betadarts",
+                    "dnas.strategies.fairdarts", "dnas.strategies.dartsminus",
+                    "dnas.strategies.sdarts")
 
 
 class UnknownStrategyError(KeyError):
