@@ -9,7 +9,7 @@ import pytest
 from dnas import genotypes, train_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STRATEGIES = ("gdas", "snas", "drnas", "spos")
+STRATEGIES = ("gdas", "snas", "drnas", "spos", "betadarts", "fairdarts", "dartsminus", "sdarts_rs")
 
 
 def _lines(work):
