@@ -84,7 +84,7 @@ LAYOUT_KEYS = space_registry.LAYOUT_KEYS
 # published split, where the data come in the order its indices refer to).
 SEARCH_SPLITS = ("seeded", "nb201")
 # DARTS' options, which live under `search.darts` (with `search.strategy="darts"`).
-DARTS_KEYS = ("order", "hessian", "virtual_step", "fd_epsilon")
+DARTS_KEYS = ("order", "hessian", "virtual_step", "fd_epsilon", "neumann_steps")
 
 
 def _check(cond: bool, key: str, msg: str) -> None:

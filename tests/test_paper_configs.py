@@ -30,7 +30,7 @@ SEARCH_CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO, "experiments", "
                         if not os.path.basename(p).startswith(("train_", "explore_")))
 # The configs of DARTS itself (its virtual step, its second-order variant), not its variants.
 DARTS_CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO, "experiments", "*darts*.py"))
-                       if train_lib.load_config(p).search.get("strategy", "darts") == "darts")
+                       if "second_order" in train_lib.load_module(p).VARIANTS)
 TRAIN_CONFIGS = sorted(glob.glob(os.path.join(REPO, "experiments", "train_*.py")))
 
 

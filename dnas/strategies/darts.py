@@ -40,6 +40,23 @@ validation loss at the weights one *virtual* training step reaches (eq. 5-6)::
   ``-xi * (grad_alpha L_train(w+) - grad_alpha L_train(w-)) / 2 eps'``, ``w+- = w +- eps' v``,
   ``eps' = 0.01 / ||v||``, exactly; for ``"optimizer"`` it agrees with the exact form too. Kept
   to compare against; its error is O(eps^2).
+* ``order=2, hessian="implicit"``: iDARTS' implicit hypergradient (Zhang et al., "iDARTS:
+  Differentiable Architecture Search with Stochastic Implicit Gradients", ICML 2021). If the
+  weights solve the lower problem, ``grad_w L_train(w*, alpha) = 0``, the implicit function
+  theorem gives::
+
+      grad_alpha L_val - (d2 L_train / dalpha dw) H^{-1} v,   H = d2 L_train / dw2,
+      v = grad_w L_val(w, alpha),
+
+  at the current weights (no virtual step), with ``H^{-1}`` replaced by its truncated Neumann
+  series ``xi * sum_{k=0..K} (I - xi H)^k`` (``K = neumann_steps``, ``xi`` the weight learning
+  rate). The reference (github.com/miaozhang0525/iDARTS,
+  ``NAS-Bench-1Shot1-codes/optimizers/idarts_v2/architect_hess.py``, ``_hessian_vector_product``)
+  sums ``K = 2`` terms and takes both second derivatives as central differences; dnas takes
+  the Hessian-vector products and the mixed derivative exactly (forward-over-reverse), and does
+  not run the reference's extra training steps before the architecture step
+  (``_compute_unrolled_model``: 5 weight steps on training batches), which would move the
+  weights outside the step's weight pass.
 """
 
 from __future__ import annotations
@@ -119,16 +136,32 @@ def make_virtual_step(virtual_step: str = "paper",
   return step_fn
 
 
+HESSIANS = ("exact", "finite_difference", "implicit")
+
+
+def neumann_inverse_hvp(hvp: Callable, v, learning_rate, steps: int):
+  """``xi * sum_{k=0..K} (I - xi H)^k v``: the truncated Neumann series of ``H^{-1} v``.
+
+  Converges to ``H^{-1} v`` as ``K`` grows when ``0 < xi * eig(H) < 2`` (``hvp(p) = H p``).
+  """
+  term, total = v, v
+  for _ in range(steps):
+    term = jax.tree.map(lambda t, h: t - learning_rate * h, term, hvp(term))
+    total = jax.tree.map(jnp.add, total, term)
+  return jax.tree.map(lambda t: learning_rate * t, total)
+
+
 def darts(order: int = 1, hessian: str = "exact", fd_epsilon: float = 0.01,
           learning_rate: Union[float, Callable[[jax.Array], jax.Array], None] = None,
           virtual_step: str = "paper", momentum: float = 0.9,
-          weight_decay: float = 3e-4) -> Strategy:
+          weight_decay: float = 3e-4, neumann_steps: int = 2) -> Strategy:
   """The DARTS strategy.
 
   Args:
     order: 1 (first order) or 2 (second order).
-    hessian: for ``order=2``: ``"exact"`` (autodiff through the virtual step) or
-      ``"finite_difference"`` (DARTS' eq. 8).
+    hessian: for ``order=2``: ``"exact"`` (autodiff through the virtual step),
+      ``"finite_difference"`` (DARTS' eq. 8) or ``"implicit"`` (iDARTS' implicit
+      hypergradient with a Neumann series; module docstring).
     fd_epsilon: DARTS' ``0.01``: the difference step is ``fd_epsilon / ||u||``.
     learning_rate: the weight learning rate ``xi`` of eq. 7, a float or a schedule of the weight
       optimizer's step count (evaluated at its current count: the coming step's rate); needed
@@ -137,6 +170,8 @@ def darts(order: int = 1, hessian: str = "exact", fd_epsilon: float = 0.01,
       ``"optimizer"`` (one step of the real weight optimizer); see the module docstring.
     momentum: ``mu`` of the paper's step (DARTS: 0.9); give the weight optimizer's.
     weight_decay: ``lambda`` of the paper's step (DARTS: 3e-4); give the weight optimizer's.
+    neumann_steps: for ``hessian="implicit"``: ``K``, the Neumann series' terms after the
+      first (iDARTS: 2).
 
   Returns:
     A ``Strategy``.
@@ -149,8 +184,13 @@ def darts(order: int = 1, hessian: str = "exact", fd_epsilon: float = 0.01,
   """
   if order not in (1, 2):
     raise ValueError(f"order must be 1 or 2, got {order!r}")
-  if hessian not in ("exact", "finite_difference"):
-    raise ValueError(f"hessian must be 'exact' or 'finite_difference', got {hessian!r}")
+  if hessian not in HESSIANS:
+    raise ValueError(f"hessian must be one of {list(HESSIANS)}, got {hessian!r}")
+  if isinstance(neumann_steps, bool) or not isinstance(neumann_steps, int) or neumann_steps < 0:
+    raise ValueError(f"neumann_steps must be a non-negative int, got {neumann_steps!r}")
+  if order == 2 and hessian == "implicit" and learning_rate is None:
+    raise ValueError("hessian='implicit' needs the weight learning_rate (the Neumann series' "
+                     "step)")
   if virtual_step not in VIRTUAL_STEPS:
     raise ValueError(f"virtual_step must be one of {list(VIRTUAL_STEPS)}, got "
                      f"{virtual_step!r}")
@@ -176,6 +216,18 @@ def darts(order: int = 1, hessian: str = "exact", fd_epsilon: float = 0.01,
 
     def train_loss(w, a):
       return problem.loss_fn(w, softmax_mix(a, state, key), problem.batch_train)[0]
+
+    if hessian == "implicit":
+      (loss, logits), (g_alpha, v) = jax.value_and_grad(
+          lambda a, w: val_loss_at(problem, w, a, state, key), argnums=(0, 1),
+          has_aux=True)(arch, params)
+      xi = learning_rate(_count(problem.weight_opt_state)) if callable(learning_rate) \
+          else learning_rate
+      grad_w = lambda w: jax.grad(train_loss)(w, arch)
+      hvp = lambda p: jax.jvp(grad_w, (params,), (p,))[1]
+      u = jax.tree.map(jnp.negative, neumann_inverse_hvp(hvp, v, xi, neumann_steps))
+      _, mixed = jax.jvp(lambda w: jax.grad(train_loss, argnums=1)(w, arch), (params,), (u,))
+      return jax.tree.map(jnp.add, g_alpha, mixed), {"val_loss": loss, "val_logits": logits}
 
     g_train = jax.grad(train_loss)(params, arch)  # the virtual step's gradient (eq. 7)
     w2, step_vjp = jax.vjp(lambda g: step_to(problem, params, g), g_train)
@@ -210,11 +262,11 @@ def _count(opt_state):
 
 
 @registry.register("darts", defaults={"order": 1, "hessian": "exact", "virtual_step": "paper",
-                                       "fd_epsilon": 0.01})
+                                       "fd_epsilon": 0.01, "neumann_steps": 2})
 def _build(options, context: registry.StrategyContext) -> Strategy:
   """``search.strategy="darts"``: ``search.darts.{order, hessian, virtual_step, fd_epsilon}``;
   the virtual step takes the weight optimizer's learning rate, momentum and weight decay."""
   return darts(order=options["order"], hessian=options["hessian"],
                fd_epsilon=options["fd_epsilon"], learning_rate=context.learning_rate,
                virtual_step=options["virtual_step"], momentum=context.momentum,
-               weight_decay=context.weight_decay)
+               weight_decay=context.weight_decay, neumann_steps=options["neumann_steps"])
