@@ -182,11 +182,13 @@ def check_resume(workdir: str, c: ml_collections.ConfigDict, genotype=None) -> N
           f"genotype, or choose another --workdir")
 
 
-def restore_state(template, state_dict):
+def restore_state(template, state_dict, sharding=None):
   """``template`` (arrays or ``jax.ShapeDtypeStruct``s, key included) filled from a checkpoint.
 
   Every array must have the template's shape and dtype: Flax's ``from_state_dict`` only checks
   the tree's keys, and a wrong-shaped weight would otherwise fail much later, or not at all.
+  The arrays are placed with ``sharding`` (``dnas.parallel.replicated``: a copy on every device
+  of the run's mesh); None: the default device.
   """
   key_template = jax.eval_shape(jax.random.key_data, template.key)
   template = template._replace(key=key_template)
@@ -200,7 +202,7 @@ def restore_state(template, state_dict):
                  f"{np.dtype(want.dtype)}{list(want.shape)} expected")
   if bad:
     raise ValueError("; ".join(bad[:3]) + (f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""))
-  state = jax.device_put(state)
+  state = jax.device_put(state, sharding)
   return state._replace(key=jax.random.wrap_key_data(state.key))
 
 
@@ -218,12 +220,12 @@ def save_checkpoint(path: str, state, history: Dict[str, list]) -> None:
   io.atomic_write_bytes(path, serialization.msgpack_serialize(payload))
 
 
-def load_checkpoint(path: str, template) -> Any:
+def load_checkpoint(path: str, template, sharding=None) -> Any:
   with open(path, "rb") as f:
     raw = f.read()
   try:
     payload = serialization.msgpack_restore(raw)
-    state = restore_state(template, payload["state"])
+    state = restore_state(template, payload["state"], sharding)
     history = {k: [np.asarray(x) for x in v] for k, v in payload["history"].items()}
   except Exception as e:  # pylint: disable=broad-except
     raise checkpoint_error(path, e) from e
@@ -236,11 +238,11 @@ def save_train_checkpoint(path, state):
       serialization.to_state_dict(jax.device_get(state))))
 
 
-def load_train_checkpoint(path, template):
+def load_train_checkpoint(path, template, sharding=None):
   with open(path, "rb") as f:
     raw = f.read()
   try:
-    return restore_state(template, serialization.msgpack_restore(raw))
+    return restore_state(template, serialization.msgpack_restore(raw), sharding)
   except Exception as e:  # pylint: disable=broad-except
     raise checkpoint_error(path, e) from e
 
@@ -259,13 +261,14 @@ def placed(specs, sharding):
 
 
 def init_and_compile(init_trace: aot.Trace, state, total: int, step_fn, examples, *,
-                      while_loading: Optional[Any] = None, **compile_kwargs):
+                      while_loading: Optional[Any] = None, sharding=None, **compile_kwargs):
   """The run's state and its compiled step, the step compiled or loaded on a second thread.
 
   XLA compiles and loads without holding Python's lock, so the step's compilation (or its load
   from the caches) overlaps the initialisation. ``state``: a restored state, or None to run
-  ``init_trace`` on its example arguments. A finished run (resumed to redo its artifacts) gets
-  no step.
+  ``init_trace`` on its example arguments and place the result with ``sharding`` (as the step's
+  example state is laid out; None: where the initialiser left it). A finished run (resumed to
+  redo its artifacts) gets no step.
 
   Returns:
     ``(state, step, traced, init_end)``: ``step`` is ``aot.compile_step``'s (None when the run
@@ -278,6 +281,8 @@ def init_and_compile(init_trace: aot.Trace, state, total: int, step_fn, examples
       pending = pool.submit(aot.compile_step, step_fn, examples, **compile_kwargs)
     if state is None:
       state = init_trace.compile()(*init_trace.args)
+      if sharding is not None:
+        state = jax.device_put(state, sharding)
     init_end = time.time()
     if pending is not None:
       if while_loading is not None:

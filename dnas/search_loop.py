@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dnas import aot, compiler, discretize, genotypes, io, plot, plugins, run_io, search
+from dnas import aot, compiler, discretize, genotypes, io, parallel, plot, plugins, run_io, search
 from dnas import data as data_lib
 from dnas import strategies
 from dnas.run_config import (make_strategy, resolve_op_set, search_indices,
@@ -143,6 +143,10 @@ def _run_search(config: ml_collections.ConfigDict, workdir: str,
   compiler.low_memory_schedule()
   compiler.no_triton_gemm()
   c = config
+  # One host's devices, each with a copy of the state and a slice of every batch.
+  mesh = parallel.make_mesh()
+  parallel.check_batch_size(c.data.batch_size, mesh)
+  on_mesh = parallel.replicated(mesh)
   os.makedirs(workdir, exist_ok=True)
   run_io.check_resume(workdir, c)
   cache_dir = run_io.enable_compilation_cache(c.compilation_cache_dir)
@@ -158,8 +162,9 @@ def _run_search(config: ml_collections.ConfigDict, workdir: str,
     images, labels = images[keep], labels[keep]
   tr_idx, va_idx, data_split, split_desc = search_indices(c, len(labels))
   print(f"data split: {split_desc}", flush=True)
-  train = data_lib.to_device(images[tr_idx], labels[tr_idx])
-  val = data_lib.to_device(images[va_idx], labels[va_idx])
+  # A copy on every device: each gathers its slice of a batch without communication.
+  train = data_lib.to_device(images[tr_idx], labels[tr_idx], on_mesh)
+  val = data_lib.to_device(images[va_idx], labels[va_idx], on_mesh)
   bs = c.data.batch_size
   spe = data_lib.steps_per_epoch(min(len(tr_idx), len(va_idx)), bs)
   total = spe * c.search.epochs
@@ -185,12 +190,13 @@ def _run_search(config: ml_collections.ConfigDict, workdir: str,
   # The state's shapes come from the initialiser's trace (a saved one needs no tracing).
   init_trace = aot.trace(init, (init_key,), cache_dir=traces, key="search_init\n" + trace_key,
                          cpu_preset=preset, ynn_fusions=ynn)
+  state_spec = run_io.placed(init_trace.out_specs, on_mesh)
   ckpt = os.path.join(workdir, "checkpoint.msgpack")
   state, history = None, None
   if os.path.exists(ckpt):  # the checkpoint holds every array
-    state, history = run_io.load_checkpoint(ckpt, init_trace.out_specs)
+    state, history = run_io.load_checkpoint(ckpt, state_spec, on_mesh)
     print(f"resuming {workdir} from step {int(state.step)}", flush=True)
-  sharding = data_lib.batch_sharding(bs)
+  sharding = parallel.batch_sharding(mesh)
   batch_fn = jax.jit(functools.partial(
       data_lib.get_batch, batch_size=bs, mean=ds.mean, std=ds.std,
       crop_padding=c.data.crop_padding, flip=c.data.flip, sharding=sharding))
@@ -198,13 +204,14 @@ def _run_search(config: ml_collections.ConfigDict, workdir: str,
   step_fn = search.make_search_step(model, strategy, weight_tx, arch_tx, jit=False,
                                     update_order=c.search.get("update_order", "arch_first"),
                                     total_steps=total)
+  step_fn = parallel.constrain_outputs(step_fn, mesh)
   batch_spec = run_io.placed(jax.eval_shape(batch_fn, train, train_key, 0), sharding)
-  examples = (init_trace.out_specs, batch_spec, batch_spec)
+  examples = (state_spec, batch_spec, batch_spec)
   tc = time.time()
   state, step_fn, traced, init_end = run_io.init_and_compile(
       init_trace, state, total, step_fn, examples, cache_dir=traces,
       key="search_step\n" + trace_key, cpu_preset=preset, ynn_fusions=ynn, donate_argnums=(0,),
-      while_loading=lambda: batch_fn(train, train_key, 0))  # compiles the batch function
+      sharding=on_mesh, while_loading=lambda: batch_fn(train, train_key, 0))  # compiles the batch function
   if history is None:  # a new run
     history = {k: [] for k in state.arch}
   run_io.start_clean(workdir, int(state.step))
@@ -223,7 +230,7 @@ def _run_search(config: ml_collections.ConfigDict, workdir: str,
     t = time.time()
     tot = None
     for b in data_lib.eval_batches(val_images, val_labels, ebs, ds.mean, ds.std, pad=True):
-      m = eval_step(state, b)
+      m = eval_step(state, parallel.place_batch(b, mesh))
       tot = m if tot is None else jax.tree.map(jnp.add, tot, m)
     tot = jax.device_get(tot)
     n = int(tot["n"])
@@ -309,7 +316,7 @@ def _run_search(config: ml_collections.ConfigDict, workdir: str,
   else:
     w, result = _select(workdir, model, strategy.select, state, val_images, val_labels, ds,
                         lambda i: batch_fn(train, jax.random.fold_in(train_key, 1), i),
-                        jax.random.fold_in(key, 2))
+                        jax.random.fold_in(key, 2), mesh)
   g = _write_artifacts(workdir, model, w, history, op_set)
   draw(workdir)
   return {"step": step, "genotype": g.to_json(), "val_acc": last_val.get("val_acc"),
@@ -317,7 +324,8 @@ def _run_search(config: ml_collections.ConfigDict, workdir: str,
           "op_weights": {k: np.asarray(v) for k, v in w.items()}, **result}
 
 
-def _select(workdir, model, settings, state, val_images, val_labels, ds, train_batches, key):
+def _select(workdir, model, settings, state, val_images, val_labels, ds, train_batches, key,
+            mesh):
   """A one-shot supernet's genotype: paths scored with the shared weights (``dnas.oneshot``).
 
   Writes ``selection.json`` (every path scored, best first); deterministic in the seed, so a
@@ -328,8 +336,8 @@ def _select(workdir, model, settings, state, val_images, val_labels, ds, train_b
     raise ValueError("a strategy with learns_arch=False needs `select` settings "
                      "(dnas.oneshot.SelectSettings) to pick its genotype")
   t = time.time()
-  val_batches = list(data_lib.eval_batches(val_images, val_labels, settings.eval_batch_size,
-                                           ds.mean, ds.std, pad=True))
+  val_batches = [parallel.place_batch(b, mesh) for b in data_lib.eval_batches(
+      val_images, val_labels, settings.eval_batch_size, ds.mean, ds.std, pad=True)]
   w, records = oneshot.select(model, state.params, state.batch_stats, settings,
                               train_batches=train_batches, val_batches=val_batches, key=key)
   ranked = sorted(({"path": {k: list(map(int, v)) for k, v in p.items()}, "score": float(sc)}

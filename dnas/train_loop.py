@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dnas import aot, compiler, genotypes, io, plugins, run_io
+from dnas import aot, compiler, genotypes, io, parallel, plugins, run_io
 from dnas import data as data_lib
 from dnas.run_config import (ConfigError, build_train_model, compute_dtype, train_optimizer,
                              validate_train_config)
@@ -28,7 +28,7 @@ from dnas.run_config import (ConfigError, build_train_model, compute_dtype, trai
 class _MemoryFeed:
   """Retraining data held on the device: batches drawn and augmented inside jit."""
 
-  def __init__(self, c, sub_key, data_key):
+  def __init__(self, c, sub_key, data_key, mesh):
     ds = data_lib.load(c.data.name, path=c.data.path or None, data_dir=c.data.data_dir or None,
                        cache_dir=c.data.cache_dir or None)
     images, labels = ds.train_images, ds.train_labels
@@ -56,9 +56,10 @@ class _MemoryFeed:
     self.n_train, self.num_classes = len(labels), ds.num_classes
     self.image_shape = tuple(images.shape[1:])
     self.mean, self.std, self.eval_batch_size = ds.mean, ds.std, c.data.eval_batch_size
-    self.train = data_lib.to_device(images, labels)
+    # A copy on every device: each gathers its slice of a batch without communication.
+    self.train = data_lib.to_device(images, labels, parallel.replicated(mesh))
     self.data_key = data_key
-    self.sharding = data_lib.batch_sharding(c.data.batch_size)
+    self.sharding = parallel.batch_sharding(mesh)
     self.batch_fn = jax.jit(functools.partial(
         data_lib.get_batch, batch_size=c.data.batch_size, mean=ds.mean, std=ds.std,
         crop_padding=c.data.crop_padding, flip=c.data.flip, cutout=c.data.cutout,
@@ -85,7 +86,7 @@ class _StreamFeed:
   resumed run reads the batches an uninterrupted one would.
   """
 
-  def __init__(self, c, sub_key, data_key):
+  def __init__(self, c, sub_key, data_key, mesh):
     from dnas.data import stream  # pylint: disable=g-import-not-at-top
     self.stream = stream
     if c.data.path:
@@ -107,7 +108,7 @@ class _StreamFeed:
     else:
       self.mean, self.std = stream.estimate_stats(self.train_src, image_size=size, seed=c.seed)
     self.data_key = data_key
-    self.sharding = data_lib.batch_sharding(c.data.batch_size)
+    self.sharding = parallel.batch_sharding(mesh)
     self.augment = jax.jit(functools.partial(
         data_lib.augment, mean=self.mean, std=self.std, crop_padding=c.data.crop_padding,
         flip=c.data.flip, cutout=c.data.cutout, sharding=self.sharding))
@@ -165,6 +166,10 @@ def _run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
   from dnas import retrain  # pylint: disable=g-import-not-at-top
   compiler.no_triton_gemm()  # as `dnas train` sets it: effective only if JAX has not started
   c = config
+  # One host's devices, each with a copy of the state and a slice of every batch.
+  mesh = parallel.make_mesh()
+  parallel.check_batch_size(c.data.batch_size, mesh)
+  on_mesh = parallel.replicated(mesh)
   os.makedirs(workdir, exist_ok=True)
   run_io.check_resume(workdir, c, genotype)
   cache_dir = run_io.enable_compilation_cache(c.compilation_cache_dir)
@@ -175,9 +180,9 @@ def _run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
   init_key, data_key, sub_key = jax.random.split(key, 3)
   bs = c.data.batch_size
   if c.data.get("streaming", False):
-    feed = _StreamFeed(c, sub_key, data_key)
+    feed = _StreamFeed(c, sub_key, data_key, mesh)
   else:
-    feed = _MemoryFeed(c, sub_key, data_key)
+    feed = _MemoryFeed(c, sub_key, data_key, mesh)
   spe = data_lib.steps_per_epoch(feed.n_train, bs)
   total = spe * c.train.epochs
   feed.total_steps = total
@@ -195,21 +200,22 @@ def _run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
   init_trace = aot.trace(init, (init_key,), cache_dir=traces,
                          key="train_init\n" + trace_key, cpu_preset=c.xla_cpu_preset,
                          ynn_fusions=ynn)
+  state_spec = run_io.placed(init_trace.out_specs, on_mesh)
   ckpt = os.path.join(workdir, "checkpoint.msgpack")
   state = None
   if os.path.exists(ckpt):  # shapes only: the checkpoint holds every array
-    state = run_io.load_train_checkpoint(ckpt, init_trace.out_specs)
+    state = run_io.load_train_checkpoint(ckpt, state_spec, on_mesh)
     print(f"resuming {workdir} from step {int(state.step)}", flush=True)
   train_step = retrain.make_train_step(model, tx, aux_weight=c.train.aux_weight,
                                        label_smoothing=c.train.label_smoothing,
                                        compute_dtype=dtype, jit=False)
-  dpp_spec = run_io.placed(jax.ShapeDtypeStruct((), jnp.float32),
-                     jax.sharding.SingleDeviceSharding(jax.devices()[0]))
-  examples = (init_trace.out_specs, feed.batch_spec(), dpp_spec)
+  train_step = parallel.constrain_outputs(train_step, mesh)
+  dpp_spec = run_io.placed(jax.ShapeDtypeStruct((), jnp.float32), on_mesh)
+  examples = (state_spec, feed.batch_spec(), dpp_spec)
   state, compiled, _, init_end = run_io.init_and_compile(
       init_trace, state, total, train_step, examples, cache_dir=traces,
       key="train_step\n" + trace_key, cpu_preset=c.xla_cpu_preset, ynn_fusions=ynn,
-      donate_argnums=(0,))
+      donate_argnums=(0,), sharding=on_mesh)
   run_io.start_clean(workdir, int(state.step))
   init_s = init_end - t0
   eval_step = retrain.make_eval_step(model, compute_dtype=dtype, cpu_preset=c.xla_cpu_preset)
@@ -219,7 +225,7 @@ def _run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
   def evaluate():
     tot = None
     for b in feed.test_batches():
-      m = eval_step(state, b)
+      m = eval_step(state, parallel.place_batch(b, mesh))
       tot = m if tot is None else jax.tree.map(jnp.add, tot, m)
     tot = jax.device_get(tot)
     return {f"{split}_loss": float(tot["loss"]) / float(tot["n"]),
@@ -234,7 +240,7 @@ def _run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
     while step < total:
       epoch = step // spe
       dpp = c.train.drop_path_prob * epoch / c.train.epochs  # DARTS' linear schedule
-      batch, dpp_array = feed.train_batch(step), jnp.float32(dpp)
+      batch, dpp_array = feed.train_batch(step), jax.device_put(np.float32(dpp), on_mesh)
       state, m = compiled(state, batch, dpp_array)
       step += 1
       acc = m if acc is None else jax.tree.map(jnp.add, acc, m)

@@ -181,7 +181,8 @@ def batch_sharding(batch_size: int, devices: Optional[Any] = None,
                    where: str = "data.batch_size") -> jax.sharding.NamedSharding:
   """Splits the batch axis over ``devices`` (default: all), for ``get_batch(sharding=...)``.
 
-  One device gives a trivial sharding, so the same code runs on one device or many.
+  One device gives a trivial sharding, so the same code runs on one device or many. The mesh
+  is ``dnas.parallel``'s (one axis, ``"data"``), which the loops lay their state out on.
 
   Raises:
     DataError: naming ``where`` if ``batch_size`` is not a multiple of the device count.
@@ -190,8 +191,8 @@ def batch_sharding(batch_size: int, devices: Optional[Any] = None,
   if batch_size % devices.size:
     raise DataError(f"{where}={batch_size} must be a multiple of the {devices.size} devices "
                     f"the batch is split over")
-  mesh = jax.sharding.Mesh(devices.reshape(-1), ("batch",))
-  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
+  mesh = jax.sharding.Mesh(devices.reshape(-1), ("data",))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
 
 
 def get_batch(data: DeviceData, key: PRNGKey, step: Any, batch_size: int, mean: Any, std: Any,
