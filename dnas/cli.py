@@ -169,6 +169,14 @@ def _info(cfg, genotype_spec: Optional[str] = None) -> dict:
   return info
 
 
+def next_command(genotype_json: dict, workdir: str) -> str:
+  """The line a finished search ends with: how to retrain what it found."""
+  variant = ":nb201" if genotype_json.get("space") == "nb201" else ""
+  run = os.path.normpath(workdir)
+  return (f"next, retrain it: dnas train --config experiments/train_cifar10.py{variant} "
+          f"--genotype {run} --workdir {run}_train")
+
+
 def _si(n: float, unit: str) -> str:
   """``1.93 M params``, ``0.22 GFLOPs``."""
   sep = "" if unit == "FLOPs" else " "
@@ -441,6 +449,7 @@ def run(argv: List[str]) -> int:
       print(f"genotype: {json.dumps(result['genotype'])}")
       print(f"written to {os.path.join(fv.workdir, 'genotype.json')} and "
             f"{os.path.join(fv.workdir, 'plots')}/")
+      print(next_command(result["genotype"], fv.workdir))
     return 0
   if command == "train":
     if fv.config is None or not fv.workdir or not fv.genotype:

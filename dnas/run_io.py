@@ -81,8 +81,10 @@ class Progress:
     if not self.tty:
       return
     bar = "#" * int(20 * i / n) + "." * (20 - int(20 * i / n))
-    self.stream.write(f"\repoch {epoch} [{bar}] {i}/{n} loss {metrics.get('train_loss', 0):.3f}"
-                      f" acc {metrics.get('train_acc', 0):.3f} {ips:.0f} img/s ETA {eta:.0f}s  ")
+    figures = "".join(f" {name} {metrics[key]:.3f}" for key, name in
+                      (("train_loss", "loss"), ("train_acc", "acc")) if key in metrics)
+    speed = f" {ips:.0f} img/s" if ips else ""
+    self.stream.write(f"\repoch {epoch} [{bar}] {i}/{n}{figures}{speed} ETA {eta:.0f}s  ")
     self.stream.flush()
 
   def summary(self, line):

@@ -117,6 +117,16 @@ def draw(workdir: str) -> list:
   return files
 
 
+def _duration(seconds: float) -> str:
+  """``42s``, ``7m05s``, ``3h12m``."""
+  seconds = int(round(seconds))
+  if seconds < 60:
+    return f"{seconds}s"
+  if seconds < 3600:
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
 def run_search(config: ml_collections.ConfigDict, workdir: str,
                stop_after_steps: Optional[int] = None) -> Dict[str, Any]:
   """Runs (or resumes) a search; returns the final metrics and genotype.
@@ -152,6 +162,8 @@ def _run_search(config: ml_collections.ConfigDict, workdir: str,
   cache_dir = run_io.enable_compilation_cache(c.compilation_cache_dir)
   io.atomic_write_text(os.path.join(workdir, "config.json"), c.to_json_best_effort(indent=2))
 
+  print(f"loading data: {c.data.path or c.data.name} (decoded once, then read from the cache)",
+        flush=True)
   ds = data_lib.load(c.data.name, path=c.data.path or None, data_dir=c.data.data_dir or None,
                      cache_dir=c.data.cache_dir or None)
   images, labels = ds.train_images, ds.train_labels
@@ -207,6 +219,8 @@ def _run_search(config: ml_collections.ConfigDict, workdir: str,
   step_fn = parallel.constrain_outputs(step_fn, mesh)
   batch_spec = run_io.placed(jax.eval_shape(batch_fn, train, train_key, 0), sharding)
   examples = (state_spec, batch_spec, batch_spec)
+  print("building and compiling the search step (the first run of a config: a minute or more "
+        "on a CPU; later runs load it from the cache)", flush=True)
   tc = time.time()
   state, step_fn, traced, init_end = run_io.init_and_compile(
       init_trace, state, total, step_fn, examples, cache_dir=traces,
@@ -243,7 +257,9 @@ def _run_search(config: ml_collections.ConfigDict, workdir: str,
   acc, acc_n = None, 0
   streak = worst = jnp.zeros((), jnp.int32)
   t_log, n_log = time.time(), 0
+  t_start, step_start = time.time(), step
   last, last_val = {}, {}
+  print(f"searching: steps {step + 1}..{total}", flush=True)
   with run_io.Stopper() as stopper, open(metrics_path, "a") as mfile, \
       run_io.summary_writer(workdir, step) as tb:
     while step < total:
@@ -256,6 +272,10 @@ def _run_search(config: ml_collections.ConfigDict, workdir: str,
       acc_n += 1
       n_log += 1
       epoch_end = step % spe == 0
+      done = step - step_start
+      eta_all = (total - step) * (time.time() - t_start) / max(done, 1)
+      progress.update((step - 1) // spe, step - ((step - 1) // spe) * spe, spe, last, None,
+                      eta_all)
       if step % c.log_every_steps == 0 or epoch_end or step == total:
         host, worst_host = jax.device_get((acc, worst))
         skipped = int(host.pop("skipped"))
@@ -296,11 +316,13 @@ def _run_search(config: ml_collections.ConfigDict, workdir: str,
         mfile.write(json.dumps(last_val) + "\n")
         mfile.flush()
         run_io.add_scalars(tb, "val", last_val, step)
+        if g is not None:  # the genotype as text beside the curves; the file holds it too
+          tb.add_text("genotype", json.dumps(g.to_json()), step)
         run_io.save_checkpoint(ckpt, state, history)
         progress.summary(f"epoch {step // spe}/{c.search.epochs} step {step} "
                          f"train_loss {last['train_loss']:.4f} train_acc {last['train_acc']:.3f} "
                          f"val_loss {last_val['val_loss']:.4f} val_acc {last_val['val_acc']:.4f} "
-                         + (f" genotype {json.dumps(g.to_json())}" if g else ""))
+                         f"ETA {_duration(eta_all)}")
       elif step % c.checkpoint_every_steps == 0:
         run_io.save_checkpoint(ckpt, state, history)
       if stopper.signal is not None or (stop_after_steps and step >= stop_after_steps):

@@ -74,6 +74,13 @@ def test_search_then_plot_end_to_end(cifar10_archive, tmp_path, caches):
            "--config.data.train_size=128")
   assert r.returncode == 0, r.stderr[-3000:]
   assert "genotype:" in r.stdout
+  # The phases, short epoch lines (the genotype is in its file), and what to run next.
+  for phase in ("loading data:", "compiling the search step", "searching: steps 1..8"):
+    assert phase in r.stdout, phase
+  epochs = [l for l in r.stdout.splitlines() if l.startswith("epoch ")]
+  assert len(epochs) == 2 and all(len(l) < 120 and "ETA" in l for l in epochs), epochs
+  assert (f"next, retrain it: dnas train --config experiments/train_cifar10.py --genotype {work}"
+          in r.stdout)
   g = genotypes.load(str(work / "genotype.json"))
   assert g.space == "darts" and len(g.normal) == 4  # smoke: 2 nodes
   cfg = json.loads((work / "config.json").read_text())
@@ -361,3 +368,12 @@ def test_train_on_a_search_folder_names_it_and_a_failed_start_leaves_no_folder(t
   err = capsys.readouterr().err
   assert e.value.code == 2 and "no_such_archive" in err
   assert not work.exists()
+
+
+def test_durations_and_the_next_command():
+  from dnas import search_loop  # pylint: disable=g-import-not-at-top
+  assert [search_loop._duration(s) for s in (42, 425, 11520)] == ["42s", "7m05s", "3h12m"]
+  assert cli.next_command({"space": "nb201", "arch": "|..|"}, "runs/a/") == (
+      "next, retrain it: dnas train --config experiments/train_cifar10.py:nb201 --genotype "
+      "runs/a --workdir runs/a_train")
+  assert ":nb201" not in cli.next_command({"space": "darts"}, "runs/b")
