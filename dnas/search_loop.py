@@ -96,7 +96,8 @@ def draw(workdir: str) -> list:
   """Draws a run folder's genotype and alpha history into ``workdir/plots``."""
   g = genotypes.load(os.path.join(workdir, "genotype.json"))
   out = os.path.join(workdir, "plots")
-  files = plot.draw_genotype(g, out, stem="genotype")
+  name = os.path.basename(os.path.normpath(workdir))
+  files = plot.draw_genotype(g, out, stem="genotype", name=name)
   hist_path = os.path.join(workdir, "alpha_history.json")
   if os.path.exists(hist_path):
     with open(hist_path) as f:
@@ -113,7 +114,8 @@ def draw(workdir: str) -> list:
       for ext in ("png", "pdf"):
         files.append(plot.draw_alpha_history(hist, h["ops"],
                                              os.path.join(out, f"alpha_history.{ext}"),
-                                             edge_labels=labels, none_competes=nb201))
+                                             edge_labels=labels, none_competes=nb201,
+                                             name=name))
   return files
 
 
