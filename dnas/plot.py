@@ -3,8 +3,9 @@
 A DARTS cell (Liu et al., 2019) reads two inputs, ``c_{k-2}`` and ``c_{k-1}`` (states 0 and 1),
 builds intermediate nodes ``2 .. n+1`` from two labelled edges each, and concatenates the nodes
 listed in ``*_concat`` into its output ``c_{k}``: the numbering of the genotype JSON (an edge's
-source and ``*_concat``) and of the alpha heatmap's edge labels. An NB201 cell (Dong & Yang, 2020) has nodes ``0 .. 3``;
-node 0 is the input, node 3 the output, and every edge is labelled with its op.
+source and ``*_concat``) and of the alpha heatmap's edge labels. An NB201 cell (Dong & Yang, 2020)
+has nodes ``0 .. 3``; node 0 is the input, node 3 the output, and every edge is labelled with its
+op.
 
 ``cell_dot`` writes a cell as graphviz DOT text for those who have graphviz; ``draw_cell`` draws
 the same graph with matplotlib on a layered layout computed here. Every file is rendered in memory
@@ -467,10 +468,12 @@ def draw_alpha_history(history: Union[np.ndarray, Mapping[str, np.ndarray]],
     ax_final.set_xticks(range(len(op_names)), op_names, rotation=45, ha="right", fontsize=8)
     ax_final.set_yticks(range(edges), labels, fontsize=8)
     ax_final.set_title(f"{prefix}: op weights at epoch {epochs}")
+    # Enough decimals to tell the values apart: 2 for a spread of 0.1 or more, 4 for 0.001.
+    digits = int(min(6, max(2, np.ceil(-np.log10(max(hi - lo, 1e-6))) + 1)))
     if edges * len(op_names) <= 200:
       for e in range(edges):
         for o in range(len(op_names)):
-          ax_final.text(o, e, f"{final[e, o]:.2f}", ha="center", va="center", fontsize=6,
+          ax_final.text(o, e, f"{final[e, o]:.{digits}f}", ha="center", va="center", fontsize=6,
                         color="white" if final[e, o] < (lo + hi) / 2 else "black")
     fig.colorbar(im, ax=ax_final, fraction=0.04)
     best = [candidates[int(np.argmax(final[e, candidates]))] for e in range(edges)]

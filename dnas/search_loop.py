@@ -227,7 +227,8 @@ def _run_search(config: ml_collections.ConfigDict, workdir: str,
   state, step_fn, traced, init_end = run_io.init_and_compile(
       init_trace, state, total, step_fn, examples, cache_dir=traces,
       key="search_step\n" + trace_key, cpu_preset=preset, ynn_fusions=ynn, donate_argnums=(0,),
-      sharding=on_mesh, while_loading=lambda: batch_fn(train, train_key, 0))  # compiles the batch function
+      sharding=on_mesh,
+      while_loading=lambda: batch_fn(train, train_key, 0))  # compiles the batch function
   if history is None:  # a new run
     history = {k: [] for k in state.arch}
   run_io.start_clean(workdir, int(state.step))
