@@ -356,15 +356,22 @@ def show_config(cfg, path: str) -> str:
   return "\n".join(lines)
 
 
-def _check_paths(argv: List[str]) -> None:
-  """One-line errors for the paths a command is given, before anything starts."""
+def _flag_args(argv: List[str], names) -> dict:
+  """The values ``argv`` gives the flags ``names`` (``--name VALUE`` or ``--name=VALUE``),
+  read before the flags are parsed."""
   values = {}
   for i, a in enumerate(argv):
-    for name in ("config", "workdir", "out"):
+    for name in names:
       if a == f"--{name}" and i + 1 < len(argv):
         values[name] = argv[i + 1]
       elif a.startswith(f"--{name}="):
         values[name] = a.split("=", 1)[1]
+  return values
+
+
+def _check_paths(argv: List[str]) -> None:
+  """One-line errors for the paths a command is given, before anything starts."""
+  values = _flag_args(argv, ("config", "workdir", "out"))
   if "config" in values:
     path = values["config"]
     if not os.path.isfile(path) and ":" in path:
@@ -579,14 +586,7 @@ def _user_errors():
 def _new_folders(argv: List[str]) -> List[str]:
   """The --workdir/--out folders that do not exist yet (removed again if the command fails
   before writing more than its config)."""
-  out = []
-  for i, a in enumerate(argv):
-    for name in ("--workdir", "--out"):
-      value = argv[i + 1] if a == name and i + 1 < len(argv) else (
-          a.split("=", 1)[1] if a.startswith(name + "=") else None)
-      if value and not os.path.exists(value):
-        out.append(value)
-  return out
+  return [v for v in _flag_args(argv, ("workdir", "out")).values() if v and not os.path.exists(v)]
 
 
 def _remove_if_unused(folder: str) -> None:

@@ -8,7 +8,7 @@ calls, each waited for (``block_until_ready``); the figure is the median in mill
 Compiling every one of the 15,625 cells takes hours on a CPU, so the usual route is the
 additive latency model of ProxylessNAS and FBNet, fitted to a sample:
 
-1. ``measure_csv(archs, path)`` measures a sample of cells into a CSV (``arch,<column>``), one
+1. ``measure_csv(archs, path)`` measures a sample of cells into a CSV (``index,arch,<column>``), one
    atomic rewrite per cell: a killed run keeps what it measured and a rerun measures only the
    rest.
 2. ``predict_table(measured, column, archs)`` fits one cost per (edge, op) by least squares
@@ -25,8 +25,6 @@ machine.
 
 from __future__ import annotations
 
-import csv
-import io as io_lib
 import os
 import time
 from typing import Any, Callable, Dict, Optional, Sequence
@@ -35,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dnas import eval_net, io
+from dnas import eval_net
 
 CHANNELS, CELLS_PER_STAGE, NUM_CLASSES, IMAGE_SHAPE = 16, 5, 10, (32, 32, 3)
 
@@ -106,7 +104,7 @@ def _read_measured(path: str, column: str) -> Dict[str, float]:
 def measure_csv(archs: Sequence[str], path: str, column: Optional[str] = None,
                 measure_fn: Optional[Callable[[str], float]] = None,
                 log: Optional[Callable[[str], None]] = None, **measure_kwargs: Any) -> Any:
-  """Measures ``archs`` into the CSV ``path`` (``arch,<column>``), resuming what it holds.
+  """Measures ``archs`` into the CSV ``path`` (``write_csv``'s form), resuming what it holds.
 
   After each cell the whole file is rewritten atomically, so a killed run leaves a complete
   CSV of the cells measured so far and a rerun measures only the others.
@@ -137,11 +135,8 @@ def measure_csv(archs: Sequence[str], path: str, column: Optional[str] = None,
     if not np.isfinite(ms) or ms < 0:
       raise ValueError(f"measure_csv: {arch} measured {ms!r} ms")
     done[arch] = ms
-    buf = io_lib.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["arch", column])
-    w.writerows([a, f"{v:.6f}"] for a, v in done.items())
-    io.atomic_write_text(path, buf.getvalue())
+    benchmarks.write_csv(benchmarks.Table(path, list(done), range(len(done)),
+                                          {column: list(done.values())}), path)
     if log is not None:
       log(f"{len(done)}: {arch} {ms:.3f} ms")
   return benchmarks.load_csv(path)

@@ -31,14 +31,9 @@ Where dnas differs:
 * Published NAS-Bench-201 figure: not quoted here (not checked against the paper).
 """
 
-import importlib.util
 import os
 
-_spec = importlib.util.spec_from_file_location(
-    "nb201_darts_cifar10", os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                        "nb201_darts_cifar10.py"))
-_darts = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_darts)
+from dnas import run_config
 
 VARIANTS = ("default", "smoke")
 
@@ -46,7 +41,9 @@ VARIANTS = ("default", "smoke")
 def get_config(variant: str = "default"):
   if variant not in VARIANTS:
     raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
-  c = _darts.get_config("second_order" if variant == "default" else "smoke")
+  c = run_config.load_config(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                          "nb201_darts_cifar10.py"),
+                             "second_order" if variant == "default" else "smoke")
   c.search.darts.order = 2
   c.search.darts.hessian = "implicit"
   c.search.darts.neumann_steps = 2  # the Neumann series' terms after the first (reference: 2)

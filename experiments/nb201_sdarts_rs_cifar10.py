@@ -39,7 +39,11 @@ NAS-Bench-1Shot1; we found no NAS-Bench-201 SDARTS-RS figure from its authors at
 Runtime here: not yet measured on a GPU.
 """
 
+import os
+
 import ml_collections
+
+from dnas import run_config
 
 VARIANTS = ("default", "smoke")
 
@@ -47,63 +51,13 @@ VARIANTS = ("default", "smoke")
 def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   if variant not in VARIANTS:
     raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
-  c = ml_collections.ConfigDict()
-  c.seed = 2
-
-  c.data = ml_collections.ConfigDict()
-  c.data.name = "cifar10"
-  c.data.path = ""          # a local archive or folder; empty: TFDS
-  c.data.data_dir = ""      # TFDS data_dir; empty: TFDS' default
-  c.data.cache_dir = ""     # decoded-array cache; empty: $DNAS_CACHE_DIR or ~/.cache/dnas
-  c.data.batch_size = 64
-  c.data.train_portion = 0.5
-  c.data.train_size = 0     # a seeded random subset of N training images (0: all)
-  c.data.split = "seeded"   # the reference halves the training set, not by NAS-Bench-201's list
-  c.data.eval_batch_size = 256  # the end-of-epoch validation pass
-  c.data.crop_padding = 4
-  c.data.flip = True
-
-  c.model = ml_collections.ConfigDict()
-  c.model.space = "nb201"
-  c.model.op_set = "nb201"
-  c.model.channels = 16
-  c.model.layers = 5        # cells per stage (N)
-  c.model.nodes = 3
-  c.model.scan_inputs = False  # see nb201_darts_cifar10.py
-  c.model.pack = True
-  c.model.remat = True
-
-  c.search = ml_collections.ConfigDict()
+  # DrNAS' NAS-Bench-201 protocol, as nb201_snas_cifar10.py gives it (data, model, optimizers,
+  # logging, the smoke sizes), with this strategy in place of SNAS.
+  c = run_config.load_config(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                          "nb201_snas_cifar10.py"), variant)
+  del c.search["snas"]
   c.search.strategy = "sdarts_rs"
   # eps_e = epsilon_min + (epsilon_max - epsilon_min) * e / E, once per epoch; order 1.
   c.search.sdarts_rs = ml_collections.ConfigDict({"epsilon_max": 0.3, "epsilon_min": 0.03,
                                                   "order": 1})
-  c.search.update_order = "arch_first"  # architect.step, then the weights
-  c.search.epochs = 100
-  c.search.learning_rate = 0.025
-  c.search.min_learning_rate = 0.001
-  c.search.momentum = 0.9
-  c.search.nesterov = False
-  c.search.weight_decay = 3e-4
-  c.search.grad_clip = 5.0
-  c.search.arch_learning_rate = 3e-4
-  c.search.arch_weight_decay = 1e-3
-
-  c.log_every_steps = 50
-  c.checkpoint_every_steps = 500
-  c.max_bad_steps = 10
-  c.compilation_cache_dir = ""  # empty: ~/.cache/dnas/jax; "none": off
-  c.precision = "highest"       # full float32 matmuls and convolutions on every device
-  c.xla_cpu_preset = "default"  # see nb201_darts_cifar10.py
-  c.xla_cpu_ynn_fusions = False
-
-  if variant == "smoke":
-    c.data.batch_size = 16
-    c.data.train_size = 256
-    c.data.eval_batch_size = 64
-    c.model.channels = 4
-    c.model.layers = 1
-    c.search.epochs = 2
-    c.log_every_steps = 4
-    c.checkpoint_every_steps = 8
   return c

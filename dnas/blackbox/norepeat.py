@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dnas.blackbox.base import Strategy
+from dnas.blackbox.strategies import _digits
 
 MAX_SIZE = 10 ** 7
 
@@ -52,14 +53,6 @@ class NoRepeatState(NamedTuple):
   visited: jax.Array
   cache: jax.Array
   count: jax.Array
-
-
-def _digits(flat, cardinalities):
-  rest, digits = flat, []
-  for c in reversed(range(cardinalities.shape[0])):
-    digits.append(rest % cardinalities[c])
-    rest = rest // cardinalities[c]
-  return jnp.stack(digits[::-1]).astype(jnp.int32)
 
 
 def no_repeat(strategy: Strategy, max_retries: int = 10,

@@ -128,8 +128,7 @@ def make_virtual_step(virtual_step: str = "paper",
   def step_fn(problem: BilevelProblem, params, grads):
     if virtual_step == "optimizer":
       return _optimizer_step(problem, params, grads)
-    xi = learning_rate(_count(problem.weight_opt_state)) if callable(learning_rate) \
-        else learning_rate
+    xi = _rate_now(learning_rate, problem)
     return paper_virtual_step(params, grads, _momentum_buffer(problem.weight_opt_state, params),
                               xi, momentum, weight_decay)
 
@@ -221,8 +220,7 @@ def darts(order: int = 1, hessian: str = "exact", fd_epsilon: float = 0.01,
       (loss, logits), (g_alpha, v) = jax.value_and_grad(
           lambda a, w: val_loss_at(problem, w, a, state, key), argnums=(0, 1),
           has_aux=True)(arch, params)
-      xi = learning_rate(_count(problem.weight_opt_state)) if callable(learning_rate) \
-          else learning_rate
+      xi = _rate_now(learning_rate, problem)
       grad_w = lambda w: jax.grad(train_loss)(w, arch)
       hvp = lambda p: jax.jvp(grad_w, (params,), (p,))[1]
       u = jax.tree.map(jnp.negative, neumann_inverse_hvp(hvp, v, xi, neumann_steps))
@@ -250,6 +248,13 @@ def darts(order: int = 1, hessian: str = "exact", fd_epsilon: float = 0.01,
     return g, {"val_loss": loss, "val_logits": logits}
 
   return Strategy(init=init, mix=softmax_mix, arch_grad=arch_grad)
+
+
+def _rate_now(learning_rate, problem: BilevelProblem):
+  """The weight learning rate of the coming step: a float, or a schedule at the optimizer's
+  step count."""
+  return learning_rate(_count(problem.weight_opt_state)) if callable(learning_rate) \
+      else learning_rate
 
 
 def _count(opt_state):
