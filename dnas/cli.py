@@ -3,6 +3,7 @@
 Usage::
 
   dnas search --config experiments/darts_cifar10.py[:VARIANT] --workdir DIR [--config.KEY=VALUE]
+              [--coordinator_address HOST:PORT --num_processes N --process_id I | --distributed]
   dnas train  --config experiments/train_cifar10.py[:VARIANT] --genotype FILE_OR_NAME --workdir DIR
   dnas info   --config experiments/darts_cifar10.py[:VARIANT] [--json]
   dnas info   --config experiments/train_cifar10.py[:VARIANT] --genotype FILE_OR_NAME [--json]
@@ -70,6 +71,18 @@ def _define_flags(fv: flags.FlagValues, argv: List[str]) -> None:
   flags.DEFINE_multi_string("table", [], "`explore`: a CSV (arch + metric columns, every cell "
                             "listed) whose columns join the benchmark's, e.g. latency measured "
                             "here by benchmarks/local_latency.py (repeatable)", flag_values=fv)
+  # `search`, `train` on several processes (hosts): jax.distributed (dnas.parallel.initialize).
+  flags.DEFINE_string("coordinator_address", None, "`search`, `train` on several processes: "
+                      "HOST:PORT of process 0 (default: $JAX_COORDINATOR_ADDRESS, or found by "
+                      "JAX under SLURM, Open MPI, on a TPU pod or Kubernetes)", flag_values=fv)
+  flags.DEFINE_integer("num_processes", None, "`search`, `train` on several processes: how "
+                       "many", flag_values=fv)
+  flags.DEFINE_integer("process_id", None, "`search`, `train` on several processes: this "
+                       "one's index, 0..num_processes-1 (process 0 writes the run folder)",
+                       flag_values=fv)
+  flags.DEFINE_boolean("distributed", False, "`search`, `train`: join a multi-process run whose "
+                       "coordinator, size and index JAX finds itself (TPU pod slice, SLURM, "
+                       "Open MPI, Kubernetes)", flag_values=fv)
   flags.DEFINE_boolean("no_repeat", False, "`explore`: never query a cell twice (a repeat is "
                        "answered from memory, then replaced by an unqueried cell)",
                        flag_values=fv)
@@ -148,7 +161,7 @@ def _info(cfg, genotype_spec: Optional[str] = None) -> dict:
     forward = lambda v, images: model.apply(v, images, None, train=False)
     info = {"kind": "search", "space": cfg.model.space, "n_params": count(shapes["params"]),
             "n_params_aux": count(shapes["params"]), "n_arch_params": count(shapes["arch"]),
-            "arch_shapes": {k: list(v.shape) for k, v in shapes["arch"].items()}}
+            "arch_shapes": _leaf_shapes(shapes["arch"])}
   else:
     if not genotype_spec:
       raise UsageError("info with a train config needs --genotype")
@@ -167,6 +180,16 @@ def _info(cfg, genotype_spec: Optional[str] = None) -> dict:
   info["flops"] = int(cost["flops"])
   info["input_shape"] = list(x.shape)
   return info
+
+
+def _leaf_shapes(tree) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  """``{"normal": [14, 8], ...}``; nested groups (PC-DARTS' edge betas) as ``cell.beta.0``."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    name = ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+    out[name] = list(leaf.shape)
+  return out
 
 
 def next_command(genotype_json: dict, workdir: str) -> str:
@@ -437,6 +460,16 @@ def run(argv: List[str]) -> int:
     if rest[1:] in (["search"], ["bench", "search"]):
       compiler.low_memory_schedule()
     compiler.no_triton_gemm()
+  if rest[1:] in (["search"], ["train"]):
+    from dnas import parallel  # pylint: disable=g-import-not-at-top
+    # Several processes run one search or training; JAX must not have started yet.
+    if parallel.initialize(fv.coordinator_address, fv.num_processes, fv.process_id,
+                           detect=fv.distributed) and not parallel.is_writer():
+      # Process 0 reports; errors still reach stderr. The file descriptor too: native
+      # libraries (the collectives) print to it.
+      sys.stdout.flush()
+      os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+      sys.stdout = open(os.devnull, "w")
   if len(rest) == 3 and rest[1] == "bench":
     return _bench(fv, rest[2])
   if len(rest) != 2 or rest[1] not in COMMANDS or rest[1] == "bench":
@@ -457,6 +490,9 @@ def run(argv: List[str]) -> int:
       print(f"written to {os.path.join(fv.workdir, 'genotype.json')} and "
             f"{os.path.join(fv.workdir, 'plots')}/")
       print(next_command(result["genotype"], fv.workdir))
+    for seed, one in result.get("seeds", {}).items():  # search.num_seeds > 1: a folder each
+      if "genotype" in one:
+        print(next_command(one["genotype"], os.path.join(fv.workdir, f"seed_{seed}")))
     return 0
   if command == "train":
     if fv.config is None or not fv.workdir or not fv.genotype:

@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from dnas import compiler, plugins, search
+from dnas import compiler, perturbation, plugins, search
 from dnas import data as data_lib
 from dnas.data import splits
 from dnas.ops import sets
@@ -71,12 +71,15 @@ def load_config(path: str, variant: Optional[str] = None) -> ml_collections.Conf
 # float32 rounding). Any other change would make the resumed run a mix of two runs.
 RESUMABLE_KEYS = frozenset({
     "data.path", "data.data_dir", "data.cache_dir", "data.workers", "data.eval_batch_size",
-    "log_every_steps", "checkpoint_every_steps", "eval_every_epochs", "max_bad_steps",
+    "log_every_steps", "checkpoint_every_steps", "checkpoint_keep", "eval_every_epochs",
+    "max_bad_steps",
     "compilation_cache_dir", "xla_cpu_preset", "xla_cpu_ynn_fusions"})
 # Config keys no trace depends on: those above, and the seed, which reaches the initialiser and
 # the batches as an argument (a key), never as a constant. So a search repeated under other
 # seeds (as DARTS reports its results) loads the first seed's saved traces and executables.
-TRACE_FREE_KEYS = RESUMABLE_KEYS | {"seed"}
+# Nor does the discretizer, which runs after the search step (dnas.perturbation).
+TRACE_FREE_KEYS = RESUMABLE_KEYS | {"seed", "search.discretizer"} | {
+    f"search.perturbation.{k}" for k in perturbation.PERTURBATION_DEFAULTS}
 LAYOUT_KEYS = space_registry.LAYOUT_KEYS
 
 
@@ -145,6 +148,8 @@ def _validate_common(c: ml_collections.ConfigDict) -> None:
   _int(c, "model.channels", 1)
   _int(c, "log_every_steps", 1)
   _int(c, "checkpoint_every_steps", 1)
+  if "checkpoint_keep" in c:
+    _int(c, "checkpoint_keep", 1)
   _type(c, "compilation_cache_dir", str, "a string (empty: default, 'none': off)")
   if "precision" in c:
     _choice(c, "precision", compiler.PRECISIONS)
@@ -186,7 +191,15 @@ def validate_search_config(c: ml_collections.ConfigDict) -> None:
            f"with config.search.strategy='darts'")
   if "update_order" in c.search:
     _choice(c, "search.update_order", search.UPDATE_ORDERS)
+  if "discretizer" in c.search:  # the genotype: argmax of the op weights, or DARTS-PT's
+    if _choice(c, "search.discretizer", perturbation.DISCRETIZERS) == "perturbation":
+      try:
+        perturbation.resolve_settings(c.search.get("perturbation"))
+      except ValueError as e:
+        raise ConfigError(f"config.search.perturbation.{e}") from e
   _int(c, "search.epochs", 1)
+  if "num_seeds" in c.search:  # searches of seeds seed .. seed + num_seeds - 1 (dnas.seeds)
+    _int(c, "search.num_seeds", 1)
   _real(c, "search.learning_rate", 0.0, low_open=True)
   _real(c, "search.min_learning_rate", 0.0)
   _real(c, "search.momentum", 0.0, 1.0)

@@ -1,8 +1,7 @@
 """Run folders: checkpoints, resume checks, logs, signals and compilation, for both loops.
 
 Everything here touches disk, clocks or signals for ``dnas.search_loop`` and
-``dnas.train_loop``: checkpoint files written atomically and checked against the state they
-fill, a resumed run's folder checked against the config that wrote it (``check_resume``) and
+``dnas.train_loop`` (checkpoints are ``dnas.checkpoints``): a resumed run's folder checked against the config that wrote it (``check_resume``) and
 cleaned of what a killed run logged after its checkpoint (``start_clean``), TensorBoard
 writers, the progress line, SIGTERM/SIGINT as a flag, and the step compiled (or loaded from a
 saved trace, ``dnas.aot``) while the state initialises.
@@ -22,14 +21,13 @@ from typing import Any, Dict, Optional
 import jax
 import ml_collections
 import numpy as np
-from flax import serialization, traverse_util
+from flax import traverse_util
 
-from dnas import aot, genotypes, io, plugins
+from dnas import aot, checkpoints, genotypes, io, parallel, plugins
 from dnas.run_config import ConfigError, RESUMABLE_KEYS, TRACE_FREE_KEYS
 
 
-class CheckpointError(RuntimeError):
-  """A checkpoint that does not fit the run resuming it (or is damaged); names the file."""
+CheckpointError = checkpoints.CheckpointError
 
 
 def trace_key(c: ml_collections.ConfigDict, **extra) -> str:
@@ -54,12 +52,31 @@ def enable_compilation_cache(path: str) -> Optional[str]:
   return path
 
 
-def summary_writer(workdir: str, step: int = 0):
+class _NoWriter:
+  """A TensorBoard writer that writes nothing: processes other than a run's writer."""
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    pass
+
+  def add_scalar(self, *args, **kwargs):
+    pass
+
+  def add_text(self, *args, **kwargs):
+    pass
+
+
+def summary_writer(workdir: str, step: int = 0, enabled: bool = True):
   """A TensorBoard event writer into ``workdir`` (tensorboardX; TensorFlow is not needed).
 
   On resume (``step > 0``) TensorBoard is told to purge what an interrupted run wrote after
-  the checkpoint's step, so the curves do not fold back on themselves.
+  the checkpoint's step, so the curves do not fold back on themselves. ``enabled=False``: a
+  writer that writes nothing (the processes of a multi-process run other than process 0).
   """
+  if not enabled:
+    return _NoWriter()
   from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
   return SummaryWriter(logdir=workdir, purge_step=step or None, flush_secs=30)
 
@@ -152,7 +169,7 @@ def check_resume(workdir: str, c: ml_collections.ConfigDict, genotype=None) -> N
   Raises:
     ConfigError: naming every key that differs, with both values.
   """
-  if not os.path.exists(os.path.join(workdir, "checkpoint.msgpack")):
+  if not checkpoints.exists(workdir):
     return
   path = os.path.join(workdir, "config.json")
   if os.path.exists(path):
@@ -182,71 +199,6 @@ def check_resume(workdir: str, c: ml_collections.ConfigDict, genotype=None) -> N
           f"{workdir} holds a checkpoint of a run that trains another genotype ({path}: "
           f"{json.dumps(old_g)}; now: {json.dumps(genotype.to_json())}); resume with that "
           f"genotype, or choose another --workdir")
-
-
-def restore_state(template, state_dict, sharding=None):
-  """``template`` (arrays or ``jax.ShapeDtypeStruct``s, key included) filled from a checkpoint.
-
-  Every array must have the template's shape and dtype: Flax's ``from_state_dict`` only checks
-  the tree's keys, and a wrong-shaped weight would otherwise fail much later, or not at all.
-  The arrays are placed with ``sharding`` (``dnas.parallel.replicated``: a copy on every device
-  of the run's mesh); None: the default device.
-  """
-  key_template = jax.eval_shape(jax.random.key_data, template.key)
-  template = template._replace(key=key_template)
-  state = serialization.from_state_dict(template, state_dict)
-  bad = []
-  for (where, want), got in zip(jax.tree_util.tree_flatten_with_path(template)[0],
-                                jax.tree.leaves(state)):
-    got = np.asarray(got)
-    if got.shape != tuple(want.shape) or got.dtype != want.dtype:
-      bad.append(f"{jax.tree_util.keystr(where)}: {got.dtype}{list(got.shape)} in the file, "
-                 f"{np.dtype(want.dtype)}{list(want.shape)} expected")
-  if bad:
-    raise ValueError("; ".join(bad[:3]) + (f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""))
-  state = jax.device_put(state, sharding)
-  return state._replace(key=jax.random.wrap_key_data(state.key))
-
-
-def checkpoint_error(path: str, e: Exception) -> CheckpointError:
-  return CheckpointError(
-      f"{path}: checkpoint cannot be read ({e}). It was written by a run with another model "
-      f"(config.model: space, op_set, channels, layers, nodes, scan_inputs must match), or it "
-      f"is damaged; resume with that run's config, or delete it to start over")
-
-
-def save_checkpoint(path: str, state, history: Dict[str, list]) -> None:
-  state = state._replace(key=jax.random.key_data(state.key))
-  payload = {"state": serialization.to_state_dict(jax.device_get(state)),
-             "history": {k: np.asarray(v, np.float32) for k, v in history.items()}}
-  io.atomic_write_bytes(path, serialization.msgpack_serialize(payload))
-
-
-def load_checkpoint(path: str, template, sharding=None) -> Any:
-  with open(path, "rb") as f:
-    raw = f.read()
-  try:
-    payload = serialization.msgpack_restore(raw)
-    state = restore_state(template, payload["state"], sharding)
-    history = {k: [np.asarray(x) for x in v] for k, v in payload["history"].items()}
-  except Exception as e:  # pylint: disable=broad-except
-    raise checkpoint_error(path, e) from e
-  return state, history
-
-
-def save_train_checkpoint(path, state):
-  state = state._replace(key=jax.random.key_data(state.key))
-  io.atomic_write_bytes(path, serialization.msgpack_serialize(
-      serialization.to_state_dict(jax.device_get(state))))
-
-
-def load_train_checkpoint(path, template, sharding=None):
-  with open(path, "rb") as f:
-    raw = f.read()
-  try:
-    return restore_state(template, serialization.msgpack_restore(raw), sharding)
-  except Exception as e:  # pylint: disable=broad-except
-    raise checkpoint_error(path, e) from e
 
 
 def subset(key, n: int, size: int) -> Optional[np.ndarray]:
@@ -284,7 +236,7 @@ def init_and_compile(init_trace: aot.Trace, state, total: int, step_fn, examples
     if state is None:
       state = init_trace.compile()(*init_trace.args)
       if sharding is not None:
-        state = jax.device_put(state, sharding)
+        state = parallel.put(state, sharding)
     init_end = time.time()
     if pending is not None:
       if while_loading is not None:

@@ -192,6 +192,9 @@ def make_search_step(model: nn.Module, strategy: Strategy, weight_tx, arch_tx, *
     """The weights' step on the training batch, at ``arch``."""
     loss_fn = make_loss_fn(model, state.batch_stats, apply)
     op_weights = strategy.mix(arch, state.strategy_state, key)
+    if strategy.perturb is not None:  # e.g. SDARTS-ADV: the weights train at an attack's
+      op_weights = strategy.perturb(lambda w: loss_fn(state.params, w, batch_train)[0],
+                                    op_weights, state.strategy_state, key)
     (train_loss, (batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, op_weights, batch_train)
     updates, weight_opt_state = weight_tx.update(grads, state.weight_opt_state, state.params)

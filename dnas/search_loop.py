@@ -9,7 +9,8 @@ It reads a config (see ``experiments/darts_cifar10.py``; validated and resolved 
     metrics.jsonl        one line per log interval, and at every epoch's end one
                          ``"split": "val"`` line: the whole validation split evaluated with
                          BatchNorm in eval mode (``val_acc``, ``val_loss``, ``n``, genotype)
-    checkpoint.msgpack   the whole SearchState, written atomically every few steps and per epoch
+    checkpoints/<step>/  the whole SearchState (orbax; ``dnas.checkpoints``), written every few
+                         steps and per epoch, committed atomically; the last few are kept
     alpha_history.json   the strategy's derive weights (softmax(alpha) for DARTS) per epoch
     events.out.tfevents.*  TensorBoard scalars, one write per log interval (tensorboardX)
     genotype.json        the derived genotype, updated every epoch (a one-shot strategy's, as
@@ -41,9 +42,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dnas import aot, compiler, discretize, genotypes, io, parallel, plot, plugins, run_io, search
+from dnas import (aot, checkpoints, compiler, discretize, genotypes, io, parallel, plot, plugins,
+                  run_io, search)
 from dnas import data as data_lib
-from dnas import strategies
+from dnas import perturbation, strategies
 from dnas.run_config import (make_strategy, resolve_op_set, search_indices,
                              search_weight_optimizer, validate_search_config, build_search_model)
 
@@ -83,8 +85,10 @@ def interval_means(sums: Dict[str, Any], steps: int) -> Dict[str, Any]:
   return out
 
 
-def _write_artifacts(workdir, model, op_weights, history, op_set):
+def _write_artifacts(workdir, model, op_weights, history, op_set, writer=True):
   g = discretize.derive(model, op_weights)
+  if not writer:
+    return g
   genotypes.save(g, os.path.join(workdir, "genotype.json"))
   io.atomic_write_json(os.path.join(workdir, "alpha_history.json"),
                        {"ops": list(op_set.ops),
@@ -141,8 +145,12 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
   Returns:
     ``{"genotype": ..., "step": ..., "val_acc": ...}`` (``val_acc``: the last evaluation of the
     whole validation split); a run stopped early (checkpointed), ``{"step": ..., "stopped":
-    True, "signal": ...}`` (the signal's number, or None).
+    True, "signal": ...}`` (the signal's number, or None). With ``search.num_seeds`` other than
+    1, ``dnas.seeds.run_seeds``'s ``{"seeds": {seed: result}, ...}``.
   """
+  if config.search.get("num_seeds", 1) != 1:  # several seeds as one vmapped program
+    from dnas import seeds  # pylint: disable=g-import-not-at-top
+    return seeds.run_seeds(config, workdir, stop_after_steps)
   plugins.load(config.get("imports", ()))
   validate_search_config(config)
   with compiler.matmul_precision(config.get("precision", "default")):
@@ -155,14 +163,17 @@ def _run_search(config: ml_collections.ConfigDict, workdir: str,
   compiler.low_memory_schedule()
   compiler.no_triton_gemm()
   c = config
-  # One host's devices, each with a copy of the state and a slice of every batch.
+  # Every process's devices, each with a copy of the state and a slice of every batch.
   mesh = parallel.make_mesh()
   parallel.check_batch_size(c.data.batch_size, mesh)
   on_mesh = parallel.replicated(mesh)
+  # Of several processes, process 0 writes the run folder; all take part in checkpoints.
+  writer = parallel.is_writer()
   os.makedirs(workdir, exist_ok=True)
   run_io.check_resume(workdir, c)
   cache_dir = run_io.enable_compilation_cache(c.compilation_cache_dir)
-  io.atomic_write_text(os.path.join(workdir, "config.json"), c.to_json_best_effort(indent=2))
+  if writer:
+    io.atomic_write_text(os.path.join(workdir, "config.json"), c.to_json_best_effort(indent=2))
 
   print(f"loading data: {c.data.path or c.data.name} (decoded once, then read from the cache)",
         flush=True)
@@ -205,11 +216,13 @@ def _run_search(config: ml_collections.ConfigDict, workdir: str,
   init_trace = aot.trace(init, (init_key,), cache_dir=traces, key="search_init\n" + trace_key,
                          cpu_preset=preset, ynn_fusions=ynn)
   state_spec = run_io.placed(init_trace.out_specs, on_mesh)
-  ckpt = os.path.join(workdir, "checkpoint.msgpack")
+  ckpts = checkpoints.Checkpoints(workdir, keep=c.get("checkpoint_keep", 2))
+  ckpt = ckpts.folder
   state, history = None, None
-  if os.path.exists(ckpt):  # the checkpoint holds every array
-    state, history = run_io.load_checkpoint(ckpt, state_spec, on_mesh)
-    print(f"resuming {workdir} from step {int(state.step)}", flush=True)
+  if ckpts.exists():  # the checkpoint holds every array
+    resumed_from = ckpts.latest()
+    state, history = ckpts.restore(state_spec, on_mesh)
+    print(f"resuming {workdir} from step {int(state.step)} ({resumed_from})", flush=True)
   sharding = parallel.batch_sharding(mesh)
   batch_fn = jax.jit(functools.partial(
       data_lib.get_batch, batch_size=bs, mean=ds.mean, std=ds.std,
@@ -231,7 +244,8 @@ def _run_search(config: ml_collections.ConfigDict, workdir: str,
       while_loading=lambda: batch_fn(train, train_key, 0))  # compiles the batch function
   if history is None:  # a new run
     history = {k: [] for k in state.arch}
-  run_io.start_clean(workdir, int(state.step))
+  if writer:
+    run_io.start_clean(workdir, int(state.step))
   init_s, compile_s = init_end - t0, None
   if step_fn is not None:
     compile_s = time.time() - tc
@@ -263,8 +277,9 @@ def _run_search(config: ml_collections.ConfigDict, workdir: str,
   t_start, step_start = time.time(), step
   last, last_val = {}, {}
   print(f"searching: steps {step + 1}..{total}", flush=True)
-  with run_io.Stopper() as stopper, open(metrics_path, "a") as mfile, \
-      run_io.summary_writer(workdir, step) as tb:
+  with run_io.Stopper() as stopper, ckpts, \
+      open(metrics_path if writer else os.devnull, "a") as mfile, \
+      run_io.summary_writer(workdir, step, enabled=writer) as tb:
     while step < total:
       bt = batch_fn(train, train_key, step)
       bv = batch_fn(val, val_key, step)
@@ -311,7 +326,7 @@ def _run_search(config: ml_collections.ConfigDict, workdir: str,
           w = jax.device_get(mix(state.arch, state.strategy_state))
           for k in history:
             history[k].append(np.asarray(w[k]))
-          g = _write_artifacts(workdir, model, w, history, op_set)
+          g = _write_artifacts(workdir, model, w, history, op_set, writer)
         # NAS-Bench-201's valid_func (exps/algos/DARTS-V1.py) after every epoch; the line goes
         # before the checkpoint, so a run killed in between logs it again on resume.
         last_val = {"split": "val", "epoch": epoch, "step": step, **evaluate(state),
@@ -321,15 +336,15 @@ def _run_search(config: ml_collections.ConfigDict, workdir: str,
         run_io.add_scalars(tb, "val", last_val, step)
         if g is not None:  # the genotype as text beside the curves; the file holds it too
           tb.add_text("genotype", json.dumps(g.to_json()), step)
-        run_io.save_checkpoint(ckpt, state, history)
+        ckpts.save(step, state, history)
         progress.summary(f"epoch {step // spe}/{c.search.epochs} step {step} "
                          f"train_loss {last['train_loss']:.4f} train_acc {last['train_acc']:.3f} "
                          f"val_loss {last_val['val_loss']:.4f} val_acc {last_val['val_acc']:.4f} "
                          f"ETA {_duration(eta_all)}")
       elif step % c.checkpoint_every_steps == 0:
-        run_io.save_checkpoint(ckpt, state, history)
+        ckpts.save(step, state, history)
       if stopper.signal is not None or (stop_after_steps and step >= stop_after_steps):
-        run_io.save_checkpoint(ckpt, state, history)
+        ckpts.save(step, state, history)
         if stopper.signal is not None:
           print(f"stopped by signal {stopper.signal} at step {step}; run the same command again "
                 f"to resume from {ckpt}", flush=True)
@@ -338,12 +353,23 @@ def _run_search(config: ml_collections.ConfigDict, workdir: str,
   result = {}
   if strategy.learns_arch:
     w = jax.device_get(mix(state.arch, state.strategy_state))
+    if c.search.get("discretizer", "argmax") == "perturbation":  # DARTS-PT: dnas.perturbation
+      w, report = perturbation.select_in_search(
+          c, model, strategy, state, w, arch_tx, (val_images, val_labels, ds.mean, ds.std),
+          lambda b: parallel.place_batch(b, mesh),
+          lambda i: (batch_fn(train, jax.random.fold_in(train_key, 3), i),
+                     batch_fn(val, jax.random.fold_in(val_key, 3), i)),
+          spe, jax.random.fold_in(key, 4))
+      if writer:
+        io.atomic_write_json(os.path.join(workdir, "perturbation.json"), report)
+      result = {"perturbation_s": report["select_s"]}
   else:
     w, result = _select(workdir, model, strategy.select, state, val_images, val_labels, ds,
                         lambda i: batch_fn(train, jax.random.fold_in(train_key, 1), i),
                         jax.random.fold_in(key, 2), mesh)
-  g = _write_artifacts(workdir, model, w, history, op_set)
-  draw(workdir)
+  g = _write_artifacts(workdir, model, w, history, op_set, writer)
+  if writer:
+    draw(workdir)
   return {"step": step, "genotype": g.to_json(), "val_acc": last_val.get("val_acc"),
           "compile_s": compile_s, "init_s": init_s,
           "op_weights": {k: np.asarray(v) for k, v in w.items()}, **result}
@@ -368,9 +394,10 @@ def _select(workdir, model, settings, state, val_images, val_labels, ds, train_b
   ranked = sorted(({"path": {k: list(map(int, v)) for k, v in p.items()}, "score": float(sc)}
                    for p, sc in records), key=lambda r: -r["score"])
   seconds = round(time.time() - t, 3)
-  io.atomic_write_json(os.path.join(workdir, "selection.json"),
-                       {"selection": settings.selection, "scored": len(records),
-                        "select_s": seconds, "records": ranked})
+  if parallel.is_writer():
+    io.atomic_write_json(os.path.join(workdir, "selection.json"),
+                         {"selection": settings.selection, "scored": len(records),
+                          "select_s": seconds, "records": ranked})
   print(f"selected the best of {len(records)} paths by {settings.selection} in {seconds:.1f}s: "
         f"score {ranked[0]['score']:.4f}", flush=True)
   return w, {"select_score": ranked[0]["score"], "select_s": seconds}

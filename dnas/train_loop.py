@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dnas import aot, compiler, genotypes, io, parallel, plugins, run_io
+from dnas import aot, checkpoints, compiler, genotypes, io, parallel, plugins, run_io
 from dnas import data as data_lib
 from dnas.run_config import (ConfigError, build_train_model, compute_dtype, train_optimizer,
                              validate_train_config)
@@ -150,7 +150,7 @@ def run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
   Writes ``config.json``, ``genotype.json``, ``metrics.jsonl`` (training lines and one
   ``"split": "test"`` line per evaluation; ``"split": "holdout"`` and ``holdout_acc`` with
   ``data.holdout``: that many training images held out and evaluated in place of the test set), TensorBoard event files (the same scalars),
-  ``checkpoint.msgpack`` and, at the end, ``final_metrics.json`` to ``workdir``. A run stopped
+  ``checkpoints/`` (``dnas.checkpoints``) and, at the end, ``final_metrics.json`` to ``workdir``. A run stopped
   early (checkpointed) returns ``{"step": ..., "stopped": True, "signal": ...}`` (the signal's
   number, or None). Matmuls and convolutions run at ``config.precision``.
   """
@@ -166,15 +166,18 @@ def _run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
   from dnas import retrain  # pylint: disable=g-import-not-at-top
   compiler.no_triton_gemm()  # as `dnas train` sets it: effective only if JAX has not started
   c = config
-  # One host's devices, each with a copy of the state and a slice of every batch.
+  # Every process's devices, each with a copy of the state and a slice of every batch.
   mesh = parallel.make_mesh()
   parallel.check_batch_size(c.data.batch_size, mesh)
   on_mesh = parallel.replicated(mesh)
   os.makedirs(workdir, exist_ok=True)
   run_io.check_resume(workdir, c, genotype)
   cache_dir = run_io.enable_compilation_cache(c.compilation_cache_dir)
-  io.atomic_write_text(os.path.join(workdir, "config.json"), c.to_json_best_effort(indent=2))
-  genotypes.save(genotype, os.path.join(workdir, "genotype.json"))
+  writer = parallel.is_writer()  # of several processes, process 0 writes the run folder
+  if writer:
+    io.atomic_write_text(os.path.join(workdir, "config.json"),
+                         c.to_json_best_effort(indent=2))
+    genotypes.save(genotype, os.path.join(workdir, "genotype.json"))
 
   key = jax.random.key(c.seed)
   init_key, data_key, sub_key = jax.random.split(key, 3)
@@ -201,11 +204,13 @@ def _run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
                          key="train_init\n" + trace_key, cpu_preset=c.xla_cpu_preset,
                          ynn_fusions=ynn)
   state_spec = run_io.placed(init_trace.out_specs, on_mesh)
-  ckpt = os.path.join(workdir, "checkpoint.msgpack")
+  ckpts = checkpoints.Checkpoints(workdir, keep=c.get("checkpoint_keep", 2))
+  ckpt = ckpts.folder
   state = None
-  if os.path.exists(ckpt):  # shapes only: the checkpoint holds every array
-    state = run_io.load_train_checkpoint(ckpt, state_spec, on_mesh)
-    print(f"resuming {workdir} from step {int(state.step)}", flush=True)
+  if ckpts.exists():  # shapes only: the checkpoint holds every array
+    resumed_from = ckpts.latest()
+    state, _ = ckpts.restore(state_spec, on_mesh)
+    print(f"resuming {workdir} from step {int(state.step)} ({resumed_from})", flush=True)
   train_step = retrain.make_train_step(model, tx, aux_weight=c.train.aux_weight,
                                        label_smoothing=c.train.label_smoothing,
                                        compute_dtype=dtype, jit=False)
@@ -216,7 +221,8 @@ def _run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
       init_trace, state, total, train_step, examples, cache_dir=traces,
       key="train_step\n" + trace_key, cpu_preset=c.xla_cpu_preset, ynn_fusions=ynn,
       donate_argnums=(0,), sharding=on_mesh)
-  run_io.start_clean(workdir, int(state.step))
+  if writer:
+    run_io.start_clean(workdir, int(state.step))
   init_s = init_end - t0
   eval_step = retrain.make_eval_step(model, compute_dtype=dtype, cpu_preset=c.xla_cpu_preset)
 
@@ -235,8 +241,9 @@ def _run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
   progress = run_io.Progress()
   step = int(state.step)
   acc, acc_n, t_log, n_log, last = None, 0, time.time(), 0, {}
-  with run_io.Stopper() as stopper, open(metrics_path, "a") as mfile, \
-      run_io.summary_writer(workdir, step) as tb:
+  with run_io.Stopper() as stopper, ckpts, \
+      open(metrics_path if writer else os.devnull, "a") as mfile, \
+      run_io.summary_writer(workdir, step, enabled=writer) as tb:
     while step < total:
       epoch = step // spe
       dpp = c.train.drop_path_prob * epoch / c.train.epochs  # DARTS' linear schedule
@@ -267,15 +274,15 @@ def _run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
           mfile.write(json.dumps(line) + "\n")
           mfile.flush()
           run_io.add_scalars(tb, split, line, step)
-        run_io.save_train_checkpoint(ckpt, state)
+        ckpts.save(step, state)
         progress.summary(f"epoch {epoch + 1}/{c.train.epochs} step {step} "
                          f"loss {last['loss']:.4f} acc {last['accuracy']:.3f}"
                          + (f" {split}_acc {line[split + '_acc']:.4f}"
                             if f"{split}_acc" in line else ""))
       elif step % c.checkpoint_every_steps == 0:
-        run_io.save_train_checkpoint(ckpt, state)
+        ckpts.save(step, state)
       if stopper.signal is not None or (stop_after_steps and step >= stop_after_steps):
-        run_io.save_train_checkpoint(ckpt, state)
+        ckpts.save(step, state)
         if stopper.signal is not None:
           print(f"stopped by signal {stopper.signal} at step {step}; run the same command again "
                 f"to resume from {ckpt}", flush=True)
@@ -283,5 +290,6 @@ def _run_train(config: ml_collections.ConfigDict, genotype, workdir: str,
 
   final = {"step": step, "epochs": c.train.epochs, **evaluate(), "init_s": init_s,
            "n_params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(state.params)))}
-  io.atomic_write_json(os.path.join(workdir, "final_metrics.json"), final)
+  if writer:
+    io.atomic_write_json(os.path.join(workdir, "final_metrics.json"), final)
   return final

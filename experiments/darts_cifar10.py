@@ -92,6 +92,7 @@ def get_config(variant: str = "first_order") -> ml_collections.ConfigDict:
   c.search.darts.virtual_step = "paper"
   c.search.update_order = "arch_first"  # DARTS: alpha, then the weights ("weights_first")
   c.search.epochs = 50
+  c.search.num_seeds = 1  # >1: seeds seed.. as one vmapped program, WORKDIR/seed_<s>/ (dnas.seeds)
   c.search.learning_rate = 0.025
   c.search.min_learning_rate = 0.001
   c.search.momentum = 0.9
@@ -103,6 +104,7 @@ def get_config(variant: str = "first_order") -> ml_collections.ConfigDict:
 
   c.log_every_steps = 50
   c.checkpoint_every_steps = 500
+  c.checkpoint_keep = 2  # the newest checkpoints kept (WORKDIR/checkpoints/<step>/)
   c.max_bad_steps = 10
   c.compilation_cache_dir = ""  # empty: ~/.cache/dnas/jax; "none": off
   # Matmul/convolution precision: "highest" is full float32 on every device; "high" (TF32 on

@@ -109,6 +109,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
                                               "arch_warmup_epochs": 0})
   c.search.update_order = "arch_first"  # architect.step, then the weights
   c.search.epochs = 100
+  c.search.num_seeds = 1  # >1: seeds seed.. as one vmapped program, WORKDIR/seed_<s>/ (dnas.seeds)
   c.search.learning_rate = 0.025
   c.search.min_learning_rate = 0.001
   c.search.momentum = 0.9
@@ -120,6 +121,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
 
   c.log_every_steps = 50
   c.checkpoint_every_steps = 500
+  c.checkpoint_keep = 2  # the newest checkpoints kept (WORKDIR/checkpoints/<step>/)
   c.max_bad_steps = 10
   c.compilation_cache_dir = ""  # empty: ~/.cache/dnas/jax; "none": off
   c.precision = "highest"       # full float32 matmuls and convolutions on every device

@@ -101,6 +101,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   c.search.gdas = ml_collections.ConfigDict({"tau_max": 10.0, "tau_min": 0.1})
   c.search.update_order = "weights_first"  # search_func: the weights, then alpha
   c.search.epochs = 240
+  c.search.num_seeds = 1  # >1: seeds seed.. as one vmapped program, WORKDIR/seed_<s>/ (dnas.seeds)
   c.search.learning_rate = 0.025
   c.search.min_learning_rate = 0.001
   c.search.momentum = 0.9
@@ -112,6 +113,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
 
   c.log_every_steps = 50
   c.checkpoint_every_steps = 500
+  c.checkpoint_keep = 2  # the newest checkpoints kept (WORKDIR/checkpoints/<step>/)
   c.max_bad_steps = 10
   c.compilation_cache_dir = ""  # empty: ~/.cache/dnas/jax; "none": off
   c.precision = "highest"       # full float32 matmuls and convolutions on every device

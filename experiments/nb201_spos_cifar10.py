@@ -125,6 +125,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
 
   c.log_every_steps = 50
   c.checkpoint_every_steps = 500
+  c.checkpoint_keep = 2  # the newest checkpoints kept (WORKDIR/checkpoints/<step>/)
   c.max_bad_steps = 10
   c.compilation_cache_dir = ""  # empty: ~/.cache/dnas/jax; "none": off
   c.precision = "highest"       # full float32 matmuls and convolutions on every device

@@ -92,6 +92,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   c.log_every_steps = 100
   c.eval_every_epochs = 1
   c.checkpoint_every_steps = 1000
+  c.checkpoint_keep = 2  # the newest checkpoints kept (WORKDIR/checkpoints/<step>/)
   c.compilation_cache_dir = ""
   # Matmul/convolution precision: "highest" is full float32 on every device; "high" (TF32 on
   # GPUs, 3 bfloat16 passes on TPUs) and "default" (1 bfloat16 pass on TPUs) are faster.

@@ -11,9 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from flax import serialization
 
-from dnas import cli, discretize, genotypes, published, search_loop, train_lib
+from dnas import checkpoints, cli, discretize, genotypes, published, search_loop, train_lib
 from dnas.ops import sets
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -101,7 +100,7 @@ def test_search_then_plot_end_to_end(cifar10_archive, tmp_path, caches):
   assert "data split: seeded" in r.stdout
   # genotype.json is the derivation from softmax(alpha) of the run's last checkpoint (DARTS'
   # rule ranks edges across a node by their op weights, so raw alpha would differ).
-  payload = serialization.msgpack_restore((work / "checkpoint.msgpack").read_bytes())
+  payload = {"state": checkpoints.read(str(work))}
   assert int(payload["state"]["step"]) == 8
   weights = {k: jax.nn.softmax(np.asarray(v), -1) for k, v in payload["state"]["arch"].items()}
   model = train_lib.build_search_model(train_lib.load_config(CONFIG, "smoke"), 10)
@@ -188,7 +187,7 @@ def test_nb201_search_smoke(cifar10_archive, tmp_path, caches, fast_compile, cap
                                                                    (1, 64, "seeded")]
   assert result["val_acc"] == vals[-1]["val_acc"]
   # genotype.json is the derivation from softmax(alpha) of the checkpoint the run ended with.
-  payload = serialization.msgpack_restore((work / "checkpoint.msgpack").read_bytes())
+  payload = {"state": checkpoints.read(str(work))}
   weights = {k: jax.nn.softmax(np.asarray(v), -1) for k, v in payload["state"]["arch"].items()}
   model = train_lib.build_search_model(c, 10)
   assert discretize.derive(model, weights) == g

@@ -32,12 +32,12 @@ def test_order_finetune_and_protected_ops():
          "reduce": np.array([[0.0, 1.0], [1.0, 0.0]])}
   seen = []
   out, records = perturbation.perturbation_select(
-      _score(imp), w, key=jax.random.key(3), finetune=lambda ww: seen.append(ww))
+      _score(imp), w, key=jax.random.key(3), finetune=lambda ww, fixed: seen.append(ww))
   visited = [(r["cell"], r["edge"]) for r in records]
   assert sorted(visited) == [("normal", 0), ("normal", 1), ("normal", 2), ("reduce", 0),
                              ("reduce", 1)]
   assert visited != sorted(visited)  # shuffled by the key
-  assert len(seen) == 5 and np.array_equal(seen[-1]["reduce"], out["reduce"])
+  assert len(seen) == 4  # between the 5 edges, not after the last
   np.testing.assert_array_equal(out["normal"].argmax(-1), [0, 1, 0])
   # A protected op (e.g. `none`) is never tried or kept, even where it would win.
   out, records = perturbation.perturbation_select(_score(imp), w, protected=(0,))
@@ -65,3 +65,56 @@ def test_on_a_real_supernet_the_score_is_its_eval_accuracy():
   out, records = perturbation.perturbation_select(score, weights)
   assert len(records) == 6 and all(r["kept"] == int(np.argmax(out["cell"][r["edge"]]))
                                    for r in records)
+
+
+def test_finetuning_runs_between_edges_and_fixed_edges_stay_fixed():
+  """A fine-tuning that moves the supernet: it changes the importance of the ops and the
+  undecided edges' weights, never an edge already decided."""
+  w = {"cell": np.array([[0.5, 0.3, 0.2], [0.2, 0.5, 0.3], [0.3, 0.2, 0.5]])}
+  imp = {"cell": np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])}
+  calls = []
+
+  def finetune(weights, fixed):
+    calls.append((weights, fixed))
+    imp["cell"] = imp["cell"][:, [1, 2, 0]]  # the supernet changed: a new op matters most
+    return {"cell": np.full((3, 3), 1 / 3)}  # and alpha moved, everywhere
+
+  out, records = perturbation.perturbation_select(_score(imp), w, finetune=finetune)
+  assert len(calls) == 2  # 3 edges: after the first and the second only
+  # Edge 0 judged by the first supernet, edge 1 by the second, edge 2 by the third.
+  assert [r["kept"] for r in records] == [1, 2, 0]
+  np.testing.assert_array_equal(calls[0][1]["cell"], [True, False, False])
+  np.testing.assert_array_equal(calls[1][1]["cell"], [True, True, False])
+  # The decided rows stay one-hot; the undecided took the moved weights (1/3 each).
+  np.testing.assert_array_equal(calls[1][0]["cell"][0], [0, 1, 0])
+  np.testing.assert_allclose(calls[1][0]["cell"][2], [1 / 3] * 3)
+  assert records[2]["base"] == pytest.approx(0.0 + 0.0 + 1 / 3)
+  np.testing.assert_array_equal(out["cell"], [[0, 1, 0], [0, 0, 1], [1, 0, 0]])
+
+
+def test_darts_cells_keep_the_two_input_edges_whose_removal_hurts_most():
+  # One node with 3 input edges (2 inputs + one earlier node), ops (none, a, b); none protected.
+  w = {"normal": np.full((5, 3), 1 / 3)}
+  imp = {"normal": np.array([[0, 1.0, 0.5], [0, 0.2, 0.1], [0, 0.1, 3.0], [0, 1.0, 0.0],
+                             [0, 0.0, 2.0]])}
+  out, records = perturbation.perturbation_select(
+      _score(imp), w, protected=(0,), node_edges={"normal": [[0, 1], [2, 3, 4]]})
+  ops = [r for r in records if "kept" in r and "edge" in r]
+  assert [r["kept"] for r in ops] == [1, 1, 2, 1, 2]
+  node = [r for r in records if "node" in r]
+  assert [r["node"] for r in node] == [0, 1]
+  assert node[0]["removed"] == [] and node[0]["kept"] == [0, 1]
+  # Node 1: removing edge 3 (worth 1.0) hurts least of 3.0, 1.0, 2.0.
+  assert node[1]["removed"] == [3] and node[1]["kept"] == [2, 4]
+  np.testing.assert_array_equal(out["normal"][3], 0.0)
+  np.testing.assert_array_equal(out["normal"][[2, 4]].argmax(-1), [2, 2])
+  assert perturbation.darts_node_edges(14) == [[0, 1], [2, 3, 4], [5, 6, 7, 8],
+                                               [9, 10, 11, 12, 13]]
+
+
+def test_settings_are_checked():
+  assert perturbation.resolve_settings(None) == perturbation.PERTURBATION_DEFAULTS
+  for bad, match in (({"tune_epochs": -1}, "tune_epochs"), ({"bn": "x"}, "bn"),
+                     ({"nope": 1}, "unknown key"), ({"tune_lr_scale": 0}, "tune_lr_scale")):
+    with pytest.raises(ValueError, match=match):
+      perturbation.resolve_settings(bad)

@@ -53,7 +53,7 @@ def test_the_walkthrough_runs_as_written(cifar10_archive, tmp_path, caches):
     outputs.append(r.stdout)
   walk = tmp_path / "runs" / "walk"
   # 1: a search's folder, as the README describes it.
-  for name in ("genotype.json", "metrics.jsonl", "config.json", "checkpoint.msgpack"):
+  for name in ("genotype.json", "metrics.jsonl", "config.json", "checkpoints"):
     assert (walk / "search" / name).exists(), name
   assert json.loads((walk / "search" / "genotype.json").read_text())["space"] == "nb201"
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(walk / "search"))

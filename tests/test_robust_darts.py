@@ -257,3 +257,121 @@ def test_sdarts_arch_grad_is_darts_exactly_and_epsilon_rises_per_epoch(x64):
   np.testing.assert_allclose(got, [0.03, 0.03, 0.12, 0.12, 0.21, 0.21, 0.3, 0.3], rtol=1e-6)
   with pytest.raises(ValueError, match="epsilon_max"):
     registry.build("sdarts_rs", {"epsilon_max": 0.01}, CONTEXT)
+
+
+# ------------------------------------------------------------------------------------------------
+# SDARTS-ADV
+
+
+def _simplex(v):
+  """The reference's clip by hand: clamp to [0, 1], divide by the row sum."""
+  c = np.clip(v, 0.0, 1.0)
+  return c / c.sum(-1, keepdims=True)
+
+
+def test_pgd_attack_sign_steps_by_hand(x64):
+  from dnas.strategies.sdarts import pgd_attack  # pylint: disable=g-import-not-at-top
+  a = {k: scipy.special.softmax(v, axis=-1) for k, v in ARCH.items()}
+  c = {k: np.abs(np.asarray(v)) + 0.5 for k, v in _coeffs().items()}
+  t = {k: np.full(v.shape, 0.25) for k, v in a.items()}
+  # L(w) = sum c (w - t)^2: its gradient 2 c (w - t) changes sign with w.
+  loss = lambda w: sum(jnp.sum(c[k] * (w[k] - t[k]) ** 2) for k in w)
+  wa = {k: jnp.asarray(v) for k, v in a.items()}
+  eps = 0.1
+  # One step, no random start: delta = clip(2 eps sign(g(A)), -eps, eps) = eps sign(g(A)).
+  adv, delta = pgd_attack(loss, wa, eps, steps=1, random_start=False)
+  for k in a:
+    d = eps * np.sign(2 * c[k] * (a[k] - t[k]))
+    np.testing.assert_allclose(delta[k], d, rtol=1e-12)
+    np.testing.assert_allclose(adv[k], _simplex(a[k] + d), rtol=1e-12)
+  # Two steps from a random start (leaf i from fold_in(key, i)), step size 2 eps / 2.
+  key = jax.random.key(1)
+  adv, delta = pgd_attack(loss, wa, eps, steps=2, key=key)
+  for i, k in enumerate(sorted(a)):
+    d = np.asarray(jax.random.uniform(jax.random.fold_in(key, i), a[k].shape, jnp.float64,
+                                      -eps, eps))
+    v = _simplex(a[k] + d)
+    for _ in range(2):
+      d = np.clip(v + eps * np.sign(2 * c[k] * (v - t[k])) - a[k], -eps, eps)
+      v = _simplex(a[k] + d)
+    np.testing.assert_allclose(delta[k], d, rtol=1e-12)
+    np.testing.assert_allclose(adv[k], v, rtol=1e-12)
+    assert np.all(np.abs(d) <= eps + 1e-15)
+  assert float(loss(adv)) > float(loss(wa))
+  # An attack that lowers the loss is dropped, as the reference's loss_before > loss_after.
+  peak = {k: v + 0.01 for k, v in wa.items()}
+  hill = lambda w: -sum(jnp.sum((w[k] - peak[k]) ** 2) for k in w)
+  adv, delta = pgd_attack(hill, wa, 0.3, steps=1, random_start=False)
+  for k in a:
+    np.testing.assert_array_equal(adv[k], a[k])
+    np.testing.assert_array_equal(delta[k], 0.0)
+
+
+@pytest.mark.usefixtures("fast_compile")
+def test_sdarts_adv_attack_beats_no_and_random_perturbation_on_a_tiny_supernet():
+  from conftest import small_search  # pylint: disable=g-import-not-at-top
+  from dnas import search  # pylint: disable=g-import-not-at-top
+  from dnas.strategies.sdarts import perturbed_weights, pgd_attack  # pylint: disable=g-import-not-at-top
+  model, _, _, _, bt, _ = small_search()
+  variables = model.init(jax.random.key(0), bt["image"], train=True)
+  loss_fn = search.make_loss_fn(model, variables["batch_stats"])
+  loss_at = jax.jit(lambda w: loss_fn(variables["params"], w, bt)[0])
+  arch = jax.tree.map(lambda a: a + jax.random.normal(jax.random.key(2), a.shape),
+                      variables["arch"])
+  a = jax.tree.map(lambda x: jax.nn.softmax(x, -1), arch)
+  eps = 0.3
+  attack = jax.jit(lambda w, k: pgd_attack(loss_at, w, eps, 7, k))
+  adv, delta = attack(a, jax.random.key(3))
+  for k in a:
+    assert np.all(np.abs(np.asarray(delta[k])) <= eps + 1e-7)   # in the ball before projecting
+    np.testing.assert_allclose(adv[k], project_to_simplex(a[k] + delta[k]), rtol=1e-6)
+    assert np.all(np.asarray(adv[k]) >= 0)
+    np.testing.assert_allclose(np.asarray(adv[k]).sum(-1), 1.0, rtol=1e-5)
+  clean, attacked = float(loss_at(a)), float(loss_at(adv))
+  # SDARTS-RS' perturbation of the same size, a few draws.
+  randoms = [float(loss_at({k: perturbed_weights(x, eps, jax.random.fold_in(jax.random.key(i), j))
+                            for j, (k, x) in enumerate(sorted(arch.items()))}))
+             for i in range(4)]
+  assert attacked > clean + 0.05, (attacked, clean)
+  assert attacked > max(randoms), (attacked, randoms)
+
+
+@pytest.mark.usefixtures("fast_compile")
+def test_sdarts_adv_at_epsilon_zero_is_the_darts_step_bit_for_bit():
+  from conftest import small_search  # pylint: disable=g-import-not-at-top
+  from dnas import search  # pylint: disable=g-import-not-at-top
+  model, darts1, weight_tx, arch_tx, bt, bv = small_search()
+  adv = registry.build("sdarts_adv", {"epsilon_max": 0.0, "epsilon_min": 0.0}, CONTEXT)
+  images = jnp.zeros((2, 8, 8, 3))
+  out = []
+  for strategy in (darts1, adv):
+    state = search.init_search_state(model, strategy, weight_tx, arch_tx, jax.random.key(5),
+                                     images)
+    # The weights first, so that their step sees the same alpha in both runs.
+    step = search.make_search_step(model, strategy, weight_tx, arch_tx, total_steps=6,
+                                   update_order="weights_first")
+    state, metrics = step(state, bt, bv)
+    out.append(((state.params, state.batch_stats, state.weight_opt_state,
+                 metrics["train_loss"], metrics["grad_norm"]), state.arch))
+  for got, want in zip(jax.tree.leaves(out[1][0]), jax.tree.leaves(out[0][0])):
+    np.testing.assert_array_equal(got, want)
+  # Alpha's step is the same function, compiled inside another program: equal to rounding.
+  for got, want in zip(jax.tree.leaves(out[1][1]), jax.tree.leaves(out[0][1])):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-9)
+
+
+def test_sdarts_adv_strategy_is_darts_but_for_the_weight_pass(x64):
+  strategy = registry.build("sdarts_adv", {}, CONTEXT)
+  arch, coeffs = _arch(), _coeffs()
+  problem, params = _toy_problem(coeffs)
+  state = strategy.init(arch)
+  g, _ = strategy.arch_grad(problem, params, arch, state, jax.random.key(3))
+  want, _ = darts(order=1).arch_grad(problem, params, arch, (), None)
+  for name in ARCH:
+    np.testing.assert_array_equal(g[name], want[name])
+    np.testing.assert_allclose(strategy.mix(arch, state, None)[name],
+                               scipy.special.softmax(ARCH[name], axis=-1), rtol=1e-12)
+  got = [float(strategy.update_state(state, s, 6).epsilon) for s in range(0, 8, 2)]
+  np.testing.assert_allclose(got, [0.03, 0.12, 0.21, 0.3], rtol=1e-6)
+  with pytest.raises(ValueError, match="attack_steps"):
+    registry.build("sdarts_adv", {"attack_steps": 0}, CONTEXT)

@@ -20,10 +20,12 @@ import time
 
 import hypothesis
 from hypothesis import strategies as st
+import jax
 import ml_collections
+import numpy as np
 import pytest
 
-from dnas import cli, genotypes, published, train_lib
+from dnas import checkpoints, cli, genotypes, published, train_lib
 from dnas import data as data_lib
 from dnas.ops import registry
 
@@ -78,14 +80,14 @@ def _metrics(work):
 
 def _check_readable(work):
   """Every JSON file and metrics line parses and the checkpoint restores: nothing half-written."""
-  from flax import serialization  # pylint: disable=g-import-not-at-top
   for path in glob.glob(str(work / "**" / "*.json"), recursive=True):
-    with open(path) as f:
-      json.load(f)
+    if "/checkpoints/" not in path:  # orbax's own metadata
+      with open(path) as f:
+        json.load(f)
   for line in _metrics(work):
     json.loads(line)
-  if (work / "checkpoint.msgpack").exists():
-    serialization.msgpack_restore((work / "checkpoint.msgpack").read_bytes())
+  if checkpoints.exists(str(work)):
+    checkpoints.read(str(work))
 
 
 def _interrupt(cmd, work, log, sig, rng, timeout=300):
@@ -143,7 +145,7 @@ def _kill_and_resume(kind, overrides, genotype, tmp_path, signals, seed):
     else:
       assert code == 128 + sig, out[-3000:]  # a scheduler sees the run unfinished
       assert re.search(r"stopped by signal 15 at step \d+; run the same command again to "
-                       r"resume from .*checkpoint.msgpack", out), out[-3000:]
+                       r"resume from .*checkpoints", out), out[-3000:]
       assert "Traceback" not in out, out[-3000:]
       step = int(re.search(r"at step (\d+)", out).group(1))
       assert json.loads(_metrics(work)[-1])["step"] == step  # checkpointed where it stopped
@@ -155,11 +157,23 @@ def _kill_and_resume(kind, overrides, genotype, tmp_path, signals, seed):
   if signal.SIGTERM in interrupted:  # SIGTERM checkpoints: the last start resumed from one
     assert re.search(r"resuming .* from step [1-9]", r.stdout), r.stdout[-3000:]
   assert not glob.glob(str(work / ".*.tmp")) and not glob.glob(str(work / "plots" / ".*.tmp"))
+  # An orbax save cut short leaves a temporary folder, which the next start removes.
+  assert sorted(os.listdir(work / "checkpoints")) == [str(s) for s in checkpoints.steps(str(work))]
   _check_readable(work)
   return work
 
 
+def _same_checkpoint(work, ref):
+  """The latest checkpoints of two runs hold the same step and every array bit for bit."""
+  assert checkpoints.steps(str(work))[-1] == checkpoints.steps(str(ref))[-1]
+  a, b = checkpoints.read(str(work)), checkpoints.read(str(ref))
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for (where, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)):
+    assert x.dtype == y.dtype and np.array_equal(x, y), jax.tree_util.keystr(where)
+
+
 def _assert_same_run(work, ref, files):
+  _same_checkpoint(work, ref)
   for name in files:
     assert (work / name).read_bytes() == (ref / name).read_bytes(), name
   assert _comparable(_metrics(work)) == _comparable(_metrics(ref))
@@ -190,12 +204,14 @@ def test_search_survives_kills_and_sigterm_bit_for_bit(cifar10_archive, tmp_path
                           [signal.SIGKILL, signal.SIGTERM, signal.SIGKILL], seed=0)
   # The checkpoint holds every array of the search state (alpha, weights, both optimizer
   # states, the key) and the alpha history: byte-equal files are bit-equal runs.
-  _assert_same_run(work, ref, ["checkpoint.msgpack", "alpha_history.json", "genotype.json"])
+  _assert_same_run(work, ref, ["alpha_history.json", "genotype.json"])
   assert genotypes.load(str(work / "genotype.json")).to_json() == full["genotype"]
 
 
 def _files(work):
-  return {p.name: p.read_bytes() for p in sorted(work.iterdir()) if p.is_file()}
+  """Every file under ``work`` (checkpoints included), by relative path, with its bytes."""
+  return {str(p.relative_to(work)): p.read_bytes() for p in sorted(work.rglob("*"))
+          if p.is_file()}
 
 
 def test_resume_under_another_config_is_refused_before_anything_is_written(
@@ -207,7 +223,7 @@ def test_resume_under_another_config_is_refused_before_anything_is_written(
   work = tmp_path / "run"
   train_lib.run_search(c, str(work), stop_after_steps=3)
   before = _files(work)
-  assert "checkpoint.msgpack" in before and "config.json" in before
+  assert any(k.startswith("checkpoints/3/") for k in before) and "config.json" in before
   changed = c.copy_and_resolve_references()
   assert c.model.scan_inputs
   changed.search.learning_rate, changed.model.scan_inputs = 0.05, False
@@ -230,15 +246,41 @@ def test_a_checkpoint_of_another_model_is_refused_by_name(cifar10_archive, tmp_p
   c.search.epochs = 1
   work = tmp_path / "run"
   train_lib.run_search(c, str(work), stop_after_steps=3)
-  before = (work / "checkpoint.msgpack").read_bytes()
-  for key, value, match in [("scan_inputs", False, r"checkpoint\.msgpack.*scan_inputs"),
-                            ("channels", 6, r"checkpoint\.msgpack.*\[.*6.*expected")]:
+  before = _files(work / "checkpoints")
+  for key, value, match in [("scan_inputs", False, r"checkpoints/3: .*scan_inputs"),
+                            ("channels", 6, r"checkpoints/3: .*\[.*6.*expected")]:
     (work / "config.json").unlink()
     other = c.copy_and_resolve_references()
     other.model[key] = value
     with pytest.raises(train_lib.CheckpointError, match=match):
       train_lib.run_search(other, str(work))
-    assert (work / "checkpoint.msgpack").read_bytes() == before
+    assert _files(work / "checkpoints") == before
+
+
+def test_a_run_with_an_older_msgpack_checkpoint_resumes_and_moves_to_orbax(
+    cifar10_archive, tmp_path, caches):
+  """Run folders written before the orbax format hold one ``checkpoint.msgpack``; such a run
+  resumes from it, ends as an uninterrupted run does, and its first orbax checkpoint replaces
+  the file."""
+  from flax import serialization  # pylint: disable=g-import-not-at-top
+  c = _config(SEARCH_CONFIG, "smoke")
+  c.update_from_flattened_dict(_overrides(cifar10_archive, caches, SEARCH_OVERRIDES))
+  c.search.epochs = 1
+  ref, work = tmp_path / "ref", tmp_path / "run"
+  full = train_lib.run_search(c, str(ref))
+  train_lib.run_search(c, str(work), stop_after_steps=3)
+  # The older format: {"state": the state's dict (the key as its data), "history": per alpha
+  # group, the epochs' weights so far (none before the first epoch ends)}.
+  state = checkpoints.read(str(work))
+  payload = {"state": state, "history": {k: np.zeros((0,), np.float32) for k in state["arch"]}}
+  (work / "checkpoint.msgpack").write_bytes(serialization.msgpack_serialize(payload))
+  for step in checkpoints.steps(str(work)):
+    for p in sorted((work / "checkpoints" / str(step)).rglob("*"), reverse=True):
+      p.unlink() if p.is_file() else p.rmdir()
+    (work / "checkpoints" / str(step)).rmdir()
+  assert train_lib.run_search(c, str(work))["genotype"] == full["genotype"]
+  assert not (work / "checkpoint.msgpack").exists()
+  _same_checkpoint(work, ref)
 
 
 def test_resume_with_another_genotype_is_refused(cifar10_archive, tmp_path, caches):
@@ -267,7 +309,7 @@ def test_train_survives_kills_bit_for_bit(cifar10_archive, tmp_path, caches):
   assert full["step"] == 8
   work = _kill_and_resume("train", overrides, str(genotype), tmp_path,
                           [signal.SIGKILL, signal.SIGTERM, signal.SIGKILL], seed=1)
-  _assert_same_run(work, ref, ["checkpoint.msgpack", "genotype.json"])
+  _assert_same_run(work, ref, ["genotype.json"])
   final = json.loads((work / "final_metrics.json").read_text())
   for k in ("step", "epochs", "test_loss", "test_acc", "n_params"):
     assert final[k] == full[k], k
@@ -547,6 +589,7 @@ COMMON_BAD = {
     "model.channels": positive_int,
     "log_every_steps": positive_int,
     "checkpoint_every_steps": positive_int,
+    "checkpoint_keep": positive_int,
     "compilation_cache_dir": st.none() | st.integers() | st.lists(st.text(), max_size=1),
     "xla_cpu_preset": choice(),
     "xla_cpu_ynn_fusions": flag,

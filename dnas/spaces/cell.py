@@ -24,6 +24,21 @@ with ``pack`` the scan takes its edges in destination order, each slot reading i
 so that no slot runs padding: a DARTS normal cell is 7 iterations of 2 edges (``scan_schedule``).
 Both are the DARTS supernet's defaults (benchmarks/RESULTS.md, "Packing the node scans").
 
+With ``partial_channels = P > 1`` every mixed edge is PC-DARTS' partial channel connection
+(Xu et al., ICLR 2020, section 3.2; yuhuixu1993/PC-DARTS, ``model_search.py``, ``MixedOp``):
+the ops, built for ``C / P`` channels, see the first ``C / P`` channels of the edge's input;
+the other channels bypass them (max-pooled 2x2 on a stride-2 edge, as the reference's
+``self.mp``), scaled by the edge's total op weight ``sum_k w_k``; the two parts are
+concatenated and shuffled (``channel_shuffle``, ``P`` groups)::
+
+    edge(x) = shuffle(concat(sum_k w_k op_k(x[:C/P]), (sum_k w_k) * bypass(x[C/P:])))
+
+``sum_k w_k`` is 1 for a softmax or a Dirichlet sample, the reference's unscaled bypass, and
+``softmax(beta)_e`` under PC-DARTS' edge normalisation (``dnas.strategies.pcdarts``), whose
+reference multiplies the whole edge by it. Concatenation and shuffle are linear and the same
+on every edge, so a node's edges are summed in each part first and joined once per group or
+scan slot. Dense op weights only (a ``SampledOps`` is refused).
+
 A cell's op weights may also be a ``dnas.types.SampledOps`` (GDAS and other sampling
 strategies): one op per edge, ``index[e]``, with one-hot valued ``weights``. Each edge then
 computes only its picked op, GDAS' forward (D-X-Y/AutoDL-Projects,
@@ -48,7 +63,7 @@ traced array: one compilation serves every sampled architecture.
 from __future__ import annotations
 
 import functools
-from typing import Dict, List, NamedTuple, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, NamedTuple, Sequence, Tuple, Union
 
 import flax.linen as nn
 import jax
@@ -284,6 +299,44 @@ def _out_shape(x_shape, stride: int, channels: int) -> Tuple[int, ...]:
   return (b, -(-h // stride), -(-w // stride), channels)
 
 
+def channel_shuffle(x: jnp.ndarray, groups: int) -> jnp.ndarray:
+  """ShuffleNet's channel shuffle on the last axis, as PC-DARTS applies it after every edge.
+
+  The ``C`` channels, ``groups`` blocks of ``C / groups``, are interleaved::
+
+      out[..., i * groups + g] = x[..., g * (C // groups) + i]
+
+  (yuhuixu1993/PC-DARTS, ``model_search.py``, ``channel_shuffle``: a ``[groups, C / groups]``
+  view of the channels, transposed.)
+  """
+  *lead, c = x.shape
+  if c % groups:
+    raise ValueError(f"channel_shuffle: {c} channels do not split into {groups} groups")
+  return x.reshape(*lead, groups, c // groups).swapaxes(-1, -2).reshape(*lead, c)
+
+
+def _max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
+  """2x2 max-pooling, stride 2, no padding, over the ``H, W`` axes of ``[..., H, W, C]``."""
+  window = (1,) * (x.ndim - 3) + (2, 2, 1)
+  return jax.lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), jax.lax.max, window, window,
+                               "VALID")
+
+
+def _join_partial(mixed, rest, scale, shared: bool, groups: int):
+  """Partial channel edges summed per destination: ``shuffle(concat(mixed, bypass))``.
+
+  ``mixed``: ``[D, B, H, W, C/P]``, the ops' weighted sums already routed; ``rest``: the
+  bypassed channels ``[E, B, H, W, C - C/P]`` (``[B, H, W, C - C/P]`` when ``shared``);
+  ``scale``: ``[E, D]``, each edge's total op weight routed to its destination.
+  """
+  scale = scale.astype(rest.dtype)
+  if shared:
+    bypass = jnp.einsum("d,bhwc->dbhwc", jnp.sum(scale, axis=0), rest)
+  else:
+    bypass = jnp.einsum("ed,ebhwc->dbhwc", scale, rest)
+  return channel_shuffle(jnp.concatenate([mixed, bypass.astype(mixed.dtype)], axis=-1), groups)
+
+
 class MixedEdges(nn.Module):
   """``E`` mixed edges of the same stride, computed together.
 
@@ -295,6 +348,9 @@ class MixedEdges(nn.Module):
   With ``mix`` a ``RoutedSample``, each edge computes only its picked op (the module docstring):
   ``xs`` is then ``[S, B, H, W, C]``, edge ``e`` reading ``xs[mix.source[e]]`` (or the one shared
   input), and ``out[d] = sum_e route[e, d] * edge_e(x)``.
+
+  With ``partial_channels = P > 1`` (dense ``mix`` only) the ops are built for ``channels / P``
+  and every edge is a partial channel connection (the module docstring).
   """
   op_set: OpSet
   channels: int
@@ -303,6 +359,7 @@ class MixedEdges(nn.Module):
   train: bool = True
   shared_input: bool = False
   remat: bool = True
+  partial_channels: int = 1
 
   @nn.compact
   def __call__(self, xs, mix):
@@ -310,6 +367,10 @@ class MixedEdges(nn.Module):
       return self._sampled(xs, mix)
     out = None
     n_edges = mix.shape[0]
+    pc = self.partial_channels
+    channels = self.channels // pc
+    if pc > 1:
+      xs, rest = xs[..., :channels], xs[..., channels:]
     for k, op in enumerate(self.op_set.ops):
       if op == "none":
         continue  # contributes exactly zero
@@ -321,14 +382,18 @@ class MixedEdges(nn.Module):
         edge_op, x = _VmappedEdgeOp, xs
       if self.remat:
         edge_op = nn.remat(edge_op)
-      y = edge_op(op, self.channels, self.stride, self.affine,
+      y = edge_op(op, channels, self.stride, self.affine,
                   op in self.op_set.bn_after, self.train, name=op)(x)
       term = jnp.einsum("ed,ebhwc->dbhwc", mix[:, k, :].astype(y.dtype), y)
       out = term if out is None else out + term
     if out is None:  # every op is `none`
       b, h, w = xs.shape[-4:-1]
       s = self.stride
-      out = jnp.zeros((mix.shape[-1], b, -(-h // s), -(-w // s), self.channels), xs.dtype)
+      out = jnp.zeros((mix.shape[-1], b, -(-h // s), -(-w // s), channels), xs.dtype)
+    if pc > 1:
+      if self.stride == 2:
+        rest = _max_pool_2x2(rest)
+      out = _join_partial(out, rest, jnp.sum(mix, axis=1), self.shared_input, pc)
     return out
 
   def _sampled(self, xs, mix: RoutedSample):
@@ -450,6 +515,8 @@ class NodeEdges(nn.Module):
 
   With ``weights`` a ``SampledOps``, the scan runs one real edge per iteration, in stacking
   order, computing only its picked op (the module docstring); ``pack`` then changes nothing.
+  With ``partial_channels = P > 1`` (dense weights only) the ops are built for ``channels / P``
+  and every edge is a partial channel connection, joined per iteration (the module docstring).
   """
   op_set: OpSet
   channels: int
@@ -460,6 +527,7 @@ class NodeEdges(nn.Module):
   from_inputs: bool = False
   remat: bool = True
   pack: bool = False
+  partial_channels: int = 1
 
   @nn.compact
   def __call__(self, states, weights):
@@ -467,7 +535,9 @@ class NodeEdges(nn.Module):
     offset = n_in if self.from_inputs else 0  # position of node 0 in `states`
     first = 0 if self.from_inputs else n_in   # first source, indexing inputs then nodes
     real = scan_edges(n_in, n, self.from_inputs)
-    ops, variables = self._variables(len(real), states.shape[1:], states.dtype)
+    pc = self.partial_channels
+    cp = states.shape[-1] // pc  # the channels the ops see
+    ops, variables = self._variables(len(real), states.shape[1:-1] + (cp,), states.dtype)
     update_stats = self.train and self.is_mutable_collection("batch_stats")
     params = {op: {c: (x if c == "params" else x.value) for c, x in v.items()}
               for op, v in variables.items()}
@@ -507,6 +577,8 @@ class NodeEdges(nn.Module):
         x = jax.lax.dynamic_index_in_dim(states, src[0], 0, keepdims=False)
       else:
         x = jnp.take(states, src, axis=0)  # [slots, B, H, W, C]
+      if pc > 1:
+        x, rest = x[..., :cp], x[..., cp:]
       total, new_stats = None, {}
       for k, op, module in ops:
         v = jax.tree.map(lambda a: a[rows], params[op])
@@ -524,7 +596,12 @@ class NodeEdges(nn.Module):
           y = jax.vmap(remat(module.apply), in_axes=axes, axis_size=slots)(v, xin)
         term = w[:, k, None, None, None, None].astype(y.dtype) * y
         total = term if total is None else total + term
-      if total is not None:
+      if pc > 1:
+        mixed = (jnp.zeros(states.shape[:-1] + (cp,), states.dtype) if total is None else
+                 jnp.einsum("td,tbhwc->dbhwc", r.astype(total.dtype), total))
+        scale = jnp.sum(w, axis=-1)[:, None] * r  # zero on the padding slots
+        states = states + _join_partial(mixed, rest, scale, shared, pc)
+      elif total is not None:
         states = states + jnp.einsum("td,tbhwc->dbhwc", r.astype(total.dtype), total)
       return states, new_stats
 
@@ -551,8 +628,8 @@ class NodeEdges(nn.Module):
     for op in self.op_set.ops:
       if op == "none":
         continue  # contributes exactly zero
-      module = _EdgeOp(op, self.channels, 1, self.affine, op in self.op_set.bn_after,
-                       self.train)
+      module = _EdgeOp(op, self.channels // self.partial_channels, 1, self.affine,
+                       op in self.op_set.bn_after, self.train)
       init = functools.partial(_stack_init, module, n=n_edges, x_shape=x_shape, dtype=dtype)
       if self.is_initializing():
         cols = jax.eval_shape(init, jax.random.key(0)).keys()
@@ -609,6 +686,8 @@ class SearchCell(nn.Module):
     pack: with ``scan_nodes``, pack the scan's edges by destination (``scan_schedule``) so that
       nearly every slot is a real edge: a DARTS normal cell with ``scan_inputs`` evaluates 14
       edges instead of 20, a reduction cell 14 instead of 17. Same results and parameters.
+    partial_channels: ``P``: PC-DARTS' partial channel connections, the ops on every edge
+      built for ``channels / P`` (module docstring); 1 (the default) is off.
 
   Call with the cell's inputs and its op weights: a dense ``[E, K]`` array or a
   ``dnas.types.SampledOps`` (each edge then computes only its picked op; module docstring).
@@ -624,6 +703,7 @@ class SearchCell(nn.Module):
   scan_inputs: bool = False
   remat: bool = True
   pack: bool = False
+  partial_channels: int = 1
 
   @nn.compact
   def __call__(self, inputs: Sequence[jnp.ndarray],
@@ -631,6 +711,18 @@ class SearchCell(nn.Module):
     n_edges = edge_count(self.n_inputs, self.n_nodes)
     if len(inputs) != self.n_inputs:
       raise ValueError(f"cell expects {self.n_inputs} inputs, got {len(inputs)}")
+    pc = self.partial_channels
+    if isinstance(pc, bool) or not isinstance(pc, int) or pc < 1 or self.channels % pc:
+      raise ValueError(f"partial_channels must be an int >= 1 dividing the cell's {self.channels} "
+                       f"channels, got {pc!r}")
+    if pc > 1 and isinstance(weights, SampledOps) and not self.is_initializing():
+      raise ValueError("partial channel connections (partial_channels > 1) take dense op "
+                       "weights; a sampling strategy's SampledOps is not supported")
+    if isinstance(weights, Mapping):
+      raise TypeError(f"cell op weights must be an [E, K] array or a SampledOps, got a mapping "
+                      f"with keys {sorted(weights)}: architecture parameters with edge weights "
+                      f"(model.edge_norm) need a strategy that turns them into op weights "
+                      f"(search.strategy='pcdarts')")
     dense = weights.weights if isinstance(weights, SampledOps) else weights
     if dense.shape != (n_edges, len(self.op_set.ops)):
       raise ValueError(f"cell op weights must have shape {(n_edges, len(self.op_set.ops))}, "
@@ -648,7 +740,7 @@ class SearchCell(nn.Module):
       zeros = jnp.zeros((self.n_nodes,) + inputs[0].shape, inputs[0].dtype)
       out = NodeEdges(self.op_set, self.channels, self.n_inputs, self.n_nodes, self.affine,
                       self.train, from_inputs=True, remat=self.remat, pack=self.pack,
-                      name="edges")(
+                      partial_channels=pc, name="edges")(
                           jnp.concatenate([jnp.stack(states), zeros]), weights)
       return list(out)
     partial = [None] * self.n_nodes
@@ -656,7 +748,7 @@ class SearchCell(nn.Module):
     if self.scan_nodes and self.n_nodes > 1:
       out = self._group(states, groups[0], 0, weights)  # destinations: every node, in order
       out = NodeEdges(self.op_set, self.channels, self.n_inputs, self.n_nodes, self.affine,
-                      self.train, remat=self.remat, pack=self.pack,
+                      self.train, remat=self.remat, pack=self.pack, partial_channels=pc,
                       name="edges_from_nodes")(out, weights)
       return list(out)
     for g, group in enumerate(groups):
@@ -689,4 +781,4 @@ class SearchCell(nn.Module):
     stride = 2 if (self.reduction and g == 0) else 1
     name = f"edges_from_{'inputs' if g == 0 else f'node{g - 1}'}"
     return MixedEdges(self.op_set, self.channels, stride, self.affine, self.train, shared,
-                      self.remat, name=name)(xs, mix)
+                      self.remat, self.partial_channels, name=name)(xs, mix)

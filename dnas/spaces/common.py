@@ -16,6 +16,26 @@ def arch_init(key, shape, scale: float = 1e-3):
   return scale * jax.random.normal(key, shape, jnp.float32)
 
 
+def cell_arch_init(key, shape, edges_per_node=None):
+  """A cell type's architecture parameters: alpha ``[E, K]`` (``arch_init``), or with
+  ``edges_per_node`` ``{"alpha": [E, K], "beta": (b_0, b_1, ...)}``.
+
+  ``b_j`` holds PC-DARTS' edge weights of node ``j``'s ``edges_per_node[j]`` incoming edges
+  (``n_inputs + j`` in a ``dnas.spaces.cell.SearchCell``), in alpha's edge order, the edges of
+  one softmax (Xu et al., ICLR 2020, section 3.3). Both are ``1e-3 * N(0, 1)``, as the
+  reference's ``_initialize_alphas`` (yuhuixu1993/PC-DARTS, ``model_search.py``).
+  """
+  if edges_per_node is None:
+    return arch_init(key, shape)
+  if sum(edges_per_node) != shape[0]:
+    raise ValueError(f"edges_per_node {tuple(edges_per_node)} do not add up to the {shape[0]} "
+                     f"edges of alpha")
+  k_alpha, k_beta = jax.random.split(key)
+  return {"alpha": arch_init(k_alpha, shape),
+          "beta": tuple(arch_init(k, (n,)) for k, n in
+                        zip(jax.random.split(k_beta, len(edges_per_node)), edges_per_node))}
+
+
 class Classifier(nn.Module):
   """Global average pool and a linear layer (PyTorch's default init)."""
   num_classes: int

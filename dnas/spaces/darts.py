@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from dnas.ops import layers
 from dnas.ops.sets import DARTS, OpSet
 from dnas.spaces import cell as cell_lib
-from dnas.spaces.common import arch_init, Classifier, Stem
+from dnas.spaces.common import cell_arch_init, Classifier, Stem
 
 
 def reduction_layers(layers_: int) -> Tuple[int, ...]:
@@ -35,6 +35,11 @@ class DartsSearchNet(nn.Module):
   ``{"normal": [E, K], "reduce": [E, K]}`` (a strategy's relaxation of alpha). ``model.init``
   creates the ``"arch"`` collection (alpha, ``1e-3 * N(0, 1)``) beside ``"params"`` and
   ``"batch_stats"``; without ``op_weights`` every op weighs ``1 / K``.
+
+  PC-DARTS (Xu et al., ICLR 2020): ``partial_channels = P > 1`` makes every edge a partial
+  channel connection (``dnas.spaces.cell``; the reference's ``P = 4``); ``edge_norm`` gives each
+  cell type edge weights beta beside alpha (``common.cell_arch_init``), which
+  ``search.strategy="pcdarts"`` mixes in.
   """
   num_classes: int = 10
   channels: int = 16
@@ -50,6 +55,8 @@ class DartsSearchNet(nn.Module):
   scan_inputs: bool = True  # normal cells only: reductions' input edges have stride 2
   remat: bool = True
   pack: bool = True
+  partial_channels: int = 1  # see SearchCell
+  edge_norm: bool = False
 
   def arch_shapes(self) -> Dict[str, Tuple[int, int]]:
     shape = (cell_lib.edge_count(2, self.nodes), len(self.op_set.ops))
@@ -66,8 +73,9 @@ class DartsSearchNet(nn.Module):
       raise ValueError(f"multiplier ({self.multiplier}) cannot exceed nodes ({self.nodes})")
     shapes = self.arch_shapes()
     if self.is_initializing():
+      per_node = tuple(2 + j for j in range(self.nodes)) if self.edge_norm else None
       for name, shape in shapes.items():
-        self.variable("arch", name, arch_init, self.make_rng("params"), shape)
+        self.variable("arch", name, cell_arch_init, self.make_rng("params"), shape, per_node)
     if op_weights is None:
       op_weights = {k: jnp.full(s, 1.0 / s[1]) for k, s in shapes.items()}
 
@@ -87,7 +95,8 @@ class DartsSearchNet(nn.Module):
       nodes = cell_lib.SearchCell(
           self.op_set, c, n_inputs=2, n_nodes=self.nodes, reduction=reduction,
           affine=self.affine, train=train, scan_nodes=self.scan_nodes,
-          scan_inputs=self.scan_inputs, remat=self.remat, pack=self.pack, name=f"cell{i}")(
+          scan_inputs=self.scan_inputs, remat=self.remat, pack=self.pack,
+          partial_channels=self.partial_channels, name=f"cell{i}")(
               [p0, p1], op_weights["reduce" if reduction else "normal"])
       s0, s1 = s1, jnp.concatenate(nodes[-self.multiplier:], axis=-1)
       reduction_prev = reduction

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from dnas.ops import layers
 from dnas.ops.sets import NB201, OpSet
 from dnas.spaces import cell as cell_lib
-from dnas.spaces.common import arch_init, Classifier, Stem
+from dnas.spaces.common import cell_arch_init, Classifier, Stem
 
 
 class ResNetBasicBlock(nn.Module):
@@ -48,13 +48,15 @@ class _CellLayer(nn.Module):
   scan_inputs: bool
   remat: bool
   pack: bool
+  partial_channels: int = 1
 
   @nn.compact
   def __call__(self, x, weights):
     nodes = cell_lib.SearchCell(self.op_set, self.channels, n_inputs=1, n_nodes=self.nodes,
                                 affine=self.affine, train=self.train,
                                 scan_nodes=self.scan_nodes, scan_inputs=self.scan_inputs,
-                                remat=self.remat, pack=self.pack, name="cell")([x], weights)
+                                remat=self.remat, pack=self.pack,
+                                partial_channels=self.partial_channels, name="cell")([x], weights)
     return nodes[-1], None
 
 
@@ -64,6 +66,10 @@ class NB201SearchNet(nn.Module):
   The cells of a stage have equal shapes and share alpha, so by default (``scan_cells``) each
   stage is one ``nn.scan`` over its cells with weights stacked along a leading cell axis: XLA
   compiles one cell per stage instead of ``cells_per_stage``.
+
+  PC-DARTS (Xu et al., ICLR 2020): ``partial_channels = P > 1`` makes every edge a partial
+  channel connection (``dnas.spaces.cell``); ``edge_norm`` gives each cell type edge weights
+  beta beside alpha (``common.cell_arch_init``), which ``search.strategy="pcdarts"`` mixes in.
   """
   num_classes: int = 10
   channels: int = 16
@@ -76,6 +82,8 @@ class NB201SearchNet(nn.Module):
   scan_cells: bool = True
   remat: bool = True  # see SearchCell
   pack: bool = True  # see SearchCell: the edges between nodes run 3 x 1 instead of 2 x 2
+  partial_channels: int = 1  # see SearchCell
+  edge_norm: bool = False
 
   def arch_shapes(self) -> Dict[str, Tuple[int, int]]:
     return {"cell": (cell_lib.edge_count(1, self.nodes), len(self.op_set.ops))}
@@ -89,8 +97,9 @@ class NB201SearchNet(nn.Module):
   def __call__(self, x, op_weights: Optional[Dict[str, jnp.ndarray]] = None, train: bool = True):
     shapes = self.arch_shapes()
     if self.is_initializing():
+      per_node = tuple(1 + j for j in range(self.nodes)) if self.edge_norm else None
       for name, shape in shapes.items():
-        self.variable("arch", name, arch_init, self.make_rng("params"), shape)
+        self.variable("arch", name, cell_arch_init, self.make_rng("params"), shape, per_node)
     if op_weights is None:
       op_weights = {k: jnp.full(s, 1.0 / s[1]) for k, s in shapes.items()}
     c = self.channels
@@ -104,7 +113,8 @@ class NB201SearchNet(nn.Module):
                         split_rngs={"params": True}, in_axes=nn.broadcast,
                         length=self.cells_per_stage)
         x, _ = cells(self.op_set, c, self.nodes, self.affine, train, self.scan_nodes,
-                     self.scan_inputs, self.remat, self.pack, name=f"stage{stage}_cells")(
+                     self.scan_inputs, self.remat, self.pack, self.partial_channels,
+                     name=f"stage{stage}_cells")(
                          x, op_weights["cell"])
         continue
       for i in range(self.cells_per_stage):
@@ -112,7 +122,7 @@ class NB201SearchNet(nn.Module):
                                     affine=self.affine, train=train,
                                     scan_nodes=self.scan_nodes,
                                     scan_inputs=self.scan_inputs, remat=self.remat,
-                                    pack=self.pack,
+                                    pack=self.pack, partial_channels=self.partial_channels,
                                     name=f"stage{stage}_cell{i}")([x], op_weights["cell"])
         x = nodes[-1]
     x = nn.relu(layers.batch_norm(train, affine=True, name="lastact")(x))

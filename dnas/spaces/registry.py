@@ -98,6 +98,23 @@ def _layout(model_config) -> Dict[str, bool]:
   return out
 
 
+def _partial(model_config) -> Dict[str, Any]:
+  """PC-DARTS' switches when the config sets them: ``partial_channels`` (an int >= 1, 1: off)
+  and ``edge_norm`` (edge weights beta beside alpha, for ``search.strategy="pcdarts"``)."""
+  out = {}
+  if "partial_channels" in model_config:
+    out["partial_channels"] = _int(model_config, "partial_channels", 1)
+    if model_config.channels % out["partial_channels"]:
+      raise ValueError(f"config.model.partial_channels: must divide model.channels "
+                       f"({model_config.channels}), got {out['partial_channels']}")
+  if "edge_norm" in model_config:
+    if not isinstance(model_config.edge_norm, bool):
+      raise ValueError(f"config.model.edge_norm: must be True or False, got "
+                       f"{model_config.edge_norm!r}")
+    out["edge_norm"] = model_config.edge_norm
+  return out
+
+
 @register("darts")
 def _darts(model_config, op_set, num_classes: int):
   """DARTS' CIFAR supernet (``DartsSearchNet``): ``channels``, ``layers`` (>= 3: two reductions
@@ -106,7 +123,7 @@ def _darts(model_config, op_set, num_classes: int):
   nodes = _int(model_config, "nodes", 1)
   return DartsSearchNet(num_classes=num_classes, channels=_int(model_config, "channels", 1),
                         layers=_int(model_config, "layers", 3), nodes=nodes, multiplier=nodes,
-                        op_set=op_set, **_layout(model_config))
+                        op_set=op_set, **_layout(model_config), **_partial(model_config))
 
 
 @register("nb201")
@@ -117,4 +134,4 @@ def _nb201(model_config, op_set, num_classes: int):
   return NB201SearchNet(num_classes=num_classes, channels=_int(model_config, "channels", 1),
                         cells_per_stage=_int(model_config, "layers", 1),
                         nodes=_int(model_config, "nodes", 1), op_set=op_set,
-                        **_layout(model_config))
+                        **_layout(model_config), **_partial(model_config))

@@ -28,6 +28,9 @@ A strategy is a NamedTuple of pure functions, in the manner of an optax ``Gradie
 * ``arch_active(state, step) -> bool`` (optional): whether alpha steps in that step; where it
   is False the step runs no architecture pass, and alpha and its optimizer's state stay as
   they are (DrNAS holds alpha still in the first epochs of each stage). By default always.
+* ``perturb(loss_at, op_weights, state, key) -> op_weights`` (optional): the op weights the
+  weight pass trains at, given ``mix``'s and ``loss_at(op_weights)``, the training loss at the
+  current weights on the step's training batch (SDARTS-ADV's attack on the op weights).
 
 Op weights are, per cell type, a dense ``[E, K]`` array or a ``dnas.types.SampledOps`` (one
 op per edge, computed alone).
@@ -75,6 +78,7 @@ class Strategy(NamedTuple):
   select: Any = None
   transition: Optional[Callable[[Arch, Any, Any], Any]] = None
   arch_active: Optional[Callable[[Any, Any], Any]] = None
+  perturb: Optional[Callable[[Callable[[Any], Any], Any, Any, PRNGKey], Any]] = None
 
 
 def derive_weights(strategy: Strategy, arch: Arch, state: Any) -> Any:

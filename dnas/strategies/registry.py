@@ -53,7 +53,7 @@ _REGISTRY: Dict[str, _Entry] = {}
 _BUILTIN_MODULES = ("dnas.strategies.darts", "dnas.strategies.gdas", "dnas.strategies.snas",
                     "dnas.strategies.drnas", "dnas.strategies.spos", "dnas.strategies.betadarts",
                     "dnas.strategies.fairdarts", "dnas.strategies.dartsminus",
-                    "dnas.strategies.sdarts")
+                    "dnas.strategies.sdarts", "dnas.strategies.pcdarts")
 
 
 class UnknownStrategyError(KeyError):
