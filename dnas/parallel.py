@@ -145,9 +145,8 @@ def place_batch(batch: Any, mesh: Mesh) -> Any:
   """An evaluation batch on ``mesh``: split over the devices when its size allows, else copied.
 
   Evaluation sums per-example results, so either layout gives the same sums; splitting only
-  saves the devices work.
+  saves the devices work. On several processes every process passes the same batch.
   """
   split, whole = batch_sharding(mesh), replicated(mesh)
   n = mesh.devices.size
-  return jax.tree.map(lambda x: jax.device_put(x, split if x.shape[0] % n == 0 else whole),
-                      batch)
+  return jax.tree.map(lambda x: put(x, split if x.shape[0] % n == 0 else whole), batch)

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from dnas import cli, genotypes
+from dnas import cli
 from dnas.ops.sets import OpSet
 from dnas.spaces import cell as cell_lib
 from dnas.spaces.darts import DartsSearchNet
@@ -265,16 +265,24 @@ def test_supernet_makes_beta_per_node_and_other_strategies_are_refused():
         darts().mix(v["arch"], (), None), train=False), shapes)
 
 
-def test_smoke_search_exits_0_and_writes_the_genotype(cifar10_archive, tmp_path, caches,
-                                                      fast_compile, capsys):
-  work = tmp_path / "pc"
-  code = cli.run(["dnas", "search", "--config", f"{CONFIG}:smoke", "--workdir", str(work),
-                  f"--config.data.path={cifar10_archive}", "--config.data.train_size=64",
-                  f"--config.data.cache_dir={caches / 'data'}",
-                  f"--config.compilation_cache_dir={caches / 'jax'}"])
-  assert code == 0, capsys.readouterr().err
-  g = genotypes.load(str(work / "genotype.json"))
-  assert isinstance(g, genotypes.NB201Genotype)
+def test_a_stopped_search_resumes_with_its_betas_bit_for_bit(cifar10_archive, tmp_path, caches,
+                                                             fast_compile):
+  """The smoke search stopped mid-epoch and run again ends where an uninterrupted one does: the
+  checkpoint holds the nested edge betas (``{"alpha", "beta": (...)}``) and restores them."""
+  from dnas import checkpoints, train_lib  # pylint: disable=g-import-not-at-top
+  c = train_lib.load_config(CONFIG, "smoke")
+  c.update_from_flattened_dict({
+      "data.path": cifar10_archive, "data.cache_dir": str(caches / "data"),
+      "compilation_cache_dir": str(caches / "jax"), "data.train_size": 64})
+  ref, work = tmp_path / "ref", tmp_path / "run"
+  full = train_lib.run_search(c, str(ref))
+  assert train_lib.run_search(c, str(work), stop_after_steps=3)["stopped"]
+  assert sorted(checkpoints.read(str(work))["arch"]["cell"]) == ["alpha", "beta"]
+  assert train_lib.run_search(c, str(work))["genotype"] == full["genotype"]
+  a, b = checkpoints.read(str(work)), checkpoints.read(str(ref))
+  for (where, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)):
+    assert np.array_equal(x, y), jax.tree_util.keystr(where)
+  assert (work / "alpha_history.json").read_bytes() == (ref / "alpha_history.json").read_bytes()
   history = json.loads((work / "alpha_history.json").read_text())["epochs"]["cell"]
   # The product weights' rows sum to the edge weights: node 1's one edge weighs 1.
   assert np.allclose(np.sum(history[-1], axis=-1)[0], 1.0, atol=1e-5)

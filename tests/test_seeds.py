@@ -90,7 +90,8 @@ def test_each_seed_equals_its_own_run(runs):
     # Its folder is its own run's: that seed's config, every metrics line, its final state.
     with open(own / "config.json") as f, open(mine / "config.json") as g:
       own_config, my_config = json.load(f), json.load(g)
-    assert my_config["search"].pop("num_seeds") == 1 and my_config == own_config
+    assert my_config["search"]["num_seeds"] == own_config["search"]["num_seeds"] == 1
+    assert my_config == own_config
     la, lb = _lines(own / "metrics.jsonl"), _lines(mine / "metrics.jsonl")
     assert [sorted(l) for l in la] == [sorted(l) for l in lb]
     for x, y in zip(la, lb):
@@ -133,6 +134,7 @@ def test_stopped_and_resumed_equals_uninterrupted(runs):
 @pytest.mark.parametrize("value", [0, -1, 1.5, "2", None])
 def test_bad_num_seeds_is_refused_by_name(value, tmp_path, cifar10_archive, caches):
   c = _config(cifar10_archive, caches)
+  del c.search["num_seeds"]  # a value of another type than the config's int
   c.search.num_seeds = value
   with pytest.raises(train_lib.ConfigError, match=r"config\.search\.num_seeds: must be"):
     train_lib.run_search(c, str(tmp_path / "run"))

@@ -10,7 +10,7 @@ from dnas import genotypes, train_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STRATEGIES = ("gdas", "snas", "drnas", "spos", "betadarts", "fairdarts", "dartsminus", "sdarts_rs",
-              "sdarts_adv", "dartspt", "pcdarts")
+              "sdarts_adv", "dartspt", "pcdarts", "idarts")
 
 
 def _lines(work):
@@ -25,7 +25,7 @@ def test_smoke_search(name, cifar10_archive, tmp_path, caches, fast_compile):
       "data.path": cifar10_archive, "data.cache_dir": str(caches / "data"),
       "compilation_cache_dir": str(caches / "jax"), "data.train_size": 64,
       "log_every_steps": 1})
-  assert c.search.strategy == ("darts" if name == "dartspt" else name)
+  assert c.search.strategy == ("darts" if name in ("dartspt", "idarts") else name)
   work = tmp_path / name
   result = train_lib.run_search(c, str(work))
   spe = 2  # 32 weight-training images at batch 16

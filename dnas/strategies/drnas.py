@@ -54,9 +54,10 @@ Left out of the progressive search: partial channels (``201-space/search_cells.p
 ``NAS201SearchCell_PartialChannel``: each mixed op sees ``1/k`` of the channels, the rest
 bypass it, then a channel shuffle; ``k = 4`` then ``2``, ``6`` then ``4`` in the DARTS space)
 and the widening of the ops' weights between the stages by copying randomly chosen channels
-(``net2wider.py``). dnas' supernets have no partial channels yet (they come with PC-DARTS), so
-the stages here run every channel; partial channels save memory and time, and change what
-the ops learn.
+(``net2wider.py``). The stages here run every channel: ``model.partial_channels`` (PC-DARTS'
+partial channels, ``dnas/strategies/pcdarts.py``) gives one fixed ``k`` for the whole search,
+not a ``k`` that changes between stages with the weights widened; partial channels save memory
+and time, and change what the ops learn.
 """
 
 from __future__ import annotations
