@@ -256,6 +256,14 @@ def projected_strategy(base: Strategy, learns_arch: bool = True) -> Strategy:
   from dnas.strategies import base as strategy_base  # pylint: disable=g-import-not-at-top
 
   def project(weights, state: ProjectedState):
+    from dnas.run_config import ConfigError  # pylint: disable=g-import-not-at-top
+    from dnas.types import SampledOps  # pylint: disable=g-import-not-at-top
+    if any(isinstance(w, SampledOps) for w in weights.values()):
+      raise ConfigError(
+          "config.search.perturbation.tune_epochs: fine-tuning between DARTS-PT's decisions "
+          "holds decided edges at their projected weights, which needs dense op weights; this "
+          "strategy samples one op per edge (GDAS). Set tune_epochs=0, or search with a dense "
+          "strategy (darts)")
     return {k: jnp.where(state.fixed[k][:, None], state.weights[k].astype(w.dtype), w)
             for k, w in weights.items()}
 

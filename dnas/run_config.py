@@ -212,7 +212,8 @@ def validate_search_config(c: ml_collections.ConfigDict) -> None:
   _int(c, "max_bad_steps", 1)
   try:  # the strategy's options, and the values its factory refuses
     # One step per epoch stands in for the data: schedules set per epoch check out.
-    make_strategy(c, c.search.learning_rate, total_steps=c.search.epochs, steps_per_epoch=1)
+    strategy = make_strategy(c, c.search.learning_rate, total_steps=c.search.epochs,
+                             steps_per_epoch=1)
   except ValueError as e:
     msg = str(e)
     if not msg.startswith("config."):  # the factory's message names the option first
@@ -220,6 +221,10 @@ def validate_search_config(c: ml_collections.ConfigDict) -> None:
       where = f"config.search.{name}" + (f".{first}" if first in strategy_options(c) else "")
       msg = f"{where}: {msg[len(first) + 1:] if first in strategy_options(c) else msg}"
     raise ConfigError(msg) from e
+  if c.search.get("discretizer", "argmax") == "perturbation" and not strategy.learns_arch:
+    raise ConfigError(
+        f"config.search.discretizer: 'perturbation' (DARTS-PT) selects from learned op weights; "
+        f"strategy {name!r} learns none (its genotype comes from its own selection)")
 
 
 def search_weight_optimizer(c: ml_collections.ConfigDict, total_steps: int):

@@ -118,3 +118,27 @@ def test_settings_are_checked():
                      ({"nope": 1}, "unknown key"), ({"tune_lr_scale": 0}, "tune_lr_scale")):
     with pytest.raises(ValueError, match=match):
       perturbation.resolve_settings(bad)
+
+
+def test_strategies_it_cannot_fine_tune_or_select_from_are_refused_by_name():
+  import os  # pylint: disable=g-import-not-at-top
+  from dnas import train_lib  # pylint: disable=g-import-not-at-top
+  from dnas.run_config import make_strategy  # pylint: disable=g-import-not-at-top
+  from dnas.types import SampledOps  # pylint: disable=g-import-not-at-top
+  experiments = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "experiments")
+  # A sampling strategy's op weights cannot be held at their projected values.
+  c = train_lib.load_config(os.path.join(experiments, "nb201_gdas_cifar10.py"), "smoke")
+  gdas = make_strategy(c, c.search.learning_rate, total_steps=10, steps_per_epoch=1)
+  arch = {"cell": jnp.zeros((6, 5))}
+  state = perturbation.ProjectedState(gdas.init(arch), {"cell": np.zeros(6, bool)},
+                                      {"cell": np.zeros((6, 5), np.float32)})
+  assert isinstance(gdas.mix(arch, state.base, jax.random.key(0))["cell"], SampledOps)
+  tuned = perturbation.projected_strategy(gdas)
+  with pytest.raises(train_lib.ConfigError, match=r"perturbation\.tune_epochs: .*dense"):
+    tuned.mix(arch, state, jax.random.key(0))
+  # A strategy that learns no alpha has no op weights to select from.
+  c = train_lib.load_config(os.path.join(experiments, "nb201_spos_cifar10.py"), "smoke")
+  c.search.discretizer = "perturbation"
+  with pytest.raises(train_lib.ConfigError, match=r"config\.search\.discretizer: .*spos"):
+    train_lib.validate_search_config(c)
