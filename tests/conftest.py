@@ -45,6 +45,17 @@ def fast_compile():
 
 
 @pytest.fixture
+def x64():
+  """float64 for the test (finite differences against exact gradients); float32 after."""
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_enable_x64", True)
+  try:
+    yield
+  finally:
+    jax.config.update("jax_enable_x64", False)
+
+
+@pytest.fixture
 def tiny_search():
   """``small_search()``, as a fixture."""
   return small_search()

@@ -16,15 +16,6 @@ N, E, K = 6, 3, 4
 
 
 @pytest.fixture
-def x64():
-  jax.config.update("jax_enable_x64", True)
-  try:
-    yield
-  finally:
-    jax.config.update("jax_enable_x64", False)
-
-
-@pytest.fixture
 def quadratic(x64):
   del x64
   rng = np.random.default_rng(0)

@@ -194,15 +194,6 @@ def _toy_problem():
   return loss_fn, params, tx, BilevelProblem(loss_fn, tx, tx.init(params), bt, bv)
 
 
-@pytest.fixture
-def x64():
-  jax.config.update("jax_enable_x64", True)
-  try:
-    yield
-  finally:
-    jax.config.update("jax_enable_x64", False)
-
-
 @pytest.mark.parametrize("order", [1, 2])
 def test_arch_gradient_of_alpha_and_beta_is_the_finite_difference(order, x64):
   """First order: d L_val(w, W(alpha, beta)); second: d L_val(w', W) with DARTS' paper step

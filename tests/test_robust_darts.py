@@ -22,15 +22,6 @@ ARCH = {"normal": np.array([[0.3, -1.0, 2.0, 0.0], [0.1, 0.2, -0.3, 1.5]]),
         "reduce": np.array([[1.0, 0.0, -0.5, 0.25]])}
 
 
-@pytest.fixture
-def x64():
-  jax.config.update("jax_enable_x64", True)
-  try:
-    yield
-  finally:
-    jax.config.update("jax_enable_x64", False)
-
-
 def _arch(dtype=jnp.float64):
   return {k: jnp.asarray(v, dtype) for k, v in ARCH.items()}
 

@@ -22,15 +22,6 @@ TINY_OPS = OpSet("tiny", ("none", "avg_pool_3x3", "skip_connect", "sep_conv_3x3"
                  bn_after=("avg_pool_3x3",))
 
 
-@pytest.fixture
-def x64():
-  jax.config.update("jax_enable_x64", True)
-  try:
-    yield
-  finally:
-    jax.config.update("jax_enable_x64", False)
-
-
 def _tiny_problem(dtype, grad_clip=5.0, lr=0.1, model=None):
   """A 2-cell, 2-node DARTS supernet (or ``model``), its state after one real weight step, and
   two batches."""

@@ -23,15 +23,6 @@ CONTEXT = registry.StrategyContext(learning_rate=0.025, momentum=0.9, weight_dec
                                    total_steps=4, steps_per_epoch=2)
 
 
-@pytest.fixture
-def x64():
-  jax.config.update("jax_enable_x64", True)
-  try:
-    yield
-  finally:
-    jax.config.update("jax_enable_x64", False)
-
-
 @pytest.fixture(scope="module")
 def nb201():
   """The tiny NAS-Bench-201 supernet, its variables (initialised once for both strategies) and
