@@ -231,7 +231,8 @@ def init_and_compile(init_trace: aot.Trace, state, total: int, step_fn, examples
   step, traced = None, True
   with concurrent.futures.ThreadPoolExecutor(1) as pool:
     pending = None
-    if state is None or int(state.step) < total:
+    # A stacked state (several seeds, ``dnas.seeds``) holds one equal step per seed.
+    if state is None or int(np.ravel(state.step)[0]) < total:
       pending = pool.submit(aot.compile_step, step_fn, examples, **compile_kwargs)
     if state is None:
       state = init_trace.compile()(*init_trace.args)

@@ -214,16 +214,10 @@ def _run_seeds(config: ml_collections.ConfigDict, workdir: str,
   tc = time.time()
   compile_kwargs = dict(cache_dir=traces, key=f"search_step_seeds\nnum_seeds={k}\n" + trace_key,
                         cpu_preset=preset, ynn_fusions=ynn, donate_argnums=(0,))
-  if state is None:  # the step compiles while the seeds' states initialise
-    state, step_fn, traced, init_end = run_io.init_and_compile(
-        _StackedInit(init_trace, init_keys), None, total, step_fn, examples, sharding=on_mesh,
-        while_loading=lambda: batch_fn(train, train_keys, 0), **compile_kwargs)
-  else:  # resumed (init_and_compile reads a single state's step)
-    init_end, traced = time.time(), True
-    if int(state.step[0]) < total:
-      step_fn, traced = aot.compile_step(step_fn, examples, **compile_kwargs)
-    else:  # finished: only its artifacts are written again
-      step_fn = None
+  # The step compiles while the seeds' states initialise (a resumed run has its state).
+  state, step_fn, traced, init_end = run_io.init_and_compile(
+      _StackedInit(init_trace, init_keys), state, total, step_fn, examples, sharding=on_mesh,
+      while_loading=lambda: batch_fn(train, train_keys, 0), **compile_kwargs)
   if history is None:  # a new run: per alpha leaf, one [K, ...] array per epoch
     history = {name: [] for name in state.arch}
   step = int(state.step[0])
